@@ -1,0 +1,446 @@
+r"""Batch scaling callback.
+
+Makes every optimizer's learning rate follow the effective batch size of a Lightning run.
+
+When training starts, :class:`BatchScalingCallback` measures the effective batch size
+
+.. math::
+
+    B_\text{eff} = A \sum_{\text{ranks } r} b_r = b \times \text{devices} \times \text{nodes} \times A,
+
+where :math:`b_r` is the batch size rank :math:`r` actually feeds and :math:`A` is ``accumulate_grad_batches``,
+and multiplies every learning rate (and everything a scheduler derived from it) by
+:math:`f = \text{rule}(B_\text{eff} / B_\text{base})`. An optional linear warmup ramps the LR in over the first
+optimizer steps and composes with any scheduler. The factor already applied is saved in checkpoints, so a resumed
+run, also on another number of devices, is always at base LR :math:`\times f`.
+
+The math lives in :mod:`lightning_lrbs.rules`, :mod:`lightning_lrbs.rescale`, :mod:`lightning_lrbs.warmup` and
+:mod:`lightning_lrbs.batch`, which import no Lightning; this module only reads the Trainer and calls them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from typing_extensions import override
+
+from lightning_lrbs.batch import check_positive_int, loader_batch_size
+from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
+from lightning_lrbs.rules import Rule, is_adaptive, resolve_rule, rule_name, scale_factor, validate_rule
+from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps
+
+__all__ = ["BatchScalingCallback"]
+
+
+class BatchScalingCallback(pl.Callback):
+    r"""Scale every optimizer's learning rate by the effective batch size, with an optional linear warmup.
+
+    Args:
+        base_batch_size: The batch size the module's learning rates were tuned for. ``None`` (default) means the
+            per-device batch size, so the factor comes from devices × nodes × accumulation alone.
+        rule: How the ratio :math:`r = B_\text{eff} / B_\text{base}` maps to the LR factor: ``"linear"``
+            (:math:`r`, Goyal et al. 2017), ``"sqrt"`` (:math:`\sqrt r`, Krizhevsky 2014; Malladi et al. 2022 for
+            adaptive optimizers), ``"auto"`` (per optimizer: ``sqrt`` for adaptive ones such as Adam, ``linear``
+            otherwise, as timm does), ``"none"`` (1), or a callable ``f(r) -> float``.
+        batch_size: Per-device batch size, for loaders that do not expose one. ``None`` reads it from the train
+            loader(s) Lightning actually uses, or from the first batch.
+        warmup_steps: Linear warmup length in optimizer steps (``0``: none).
+        warmup_epochs: Warmup length in epochs, fractions allowed; converted with the optimizer steps of the first
+            epoch (accumulation counted) and rounded up. Not together with ``warmup_steps``.
+        warmup_start_factor: Multiplier on the scheduled LR at the first step, in [0, 1]. ``None`` starts from the
+            unscaled LR, :math:`1/f` (Goyal et al.; Horovod), or from 0 when :math:`f \le 1`.
+        log_lr: Log the LR each optimizer group actually uses (warmup applied) as ``lrbs/lr-<Optimizer>[/pg<i>]``
+            at the Trainer's ``log_every_n_steps``.
+
+    Raises:
+        ValueError: If an argument is invalid (named in the message), and, when training starts, if the module has
+            no optimizer, the per-device batch size cannot be found, or a callable rule returns a non-finite or
+            non-positive factor. Nothing is changed before such an error.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_lrbs import BatchScalingCallback
+        >>> trainer = Trainer(callbacks=[BatchScalingCallback(base_batch_size=32, rule="linear", warmup_steps=100)])
+    """
+
+    #: The Lightning namespace whose utilities the hooks use (``pytorch_lightning`` in the compat subclass).
+    _pl: ClassVar[ModuleType] = pl
+
+    def __init__(
+        self,
+        base_batch_size: int | None = None,
+        rule: Rule = "linear",
+        batch_size: int | None = None,
+        warmup_steps: int = 0,
+        warmup_epochs: float = 0.0,
+        warmup_start_factor: float | None = None,
+        log_lr: bool = True,
+    ) -> None:
+        super().__init__()
+        self.base_batch_size = (
+            None if base_batch_size is None else check_positive_int(base_batch_size, "base_batch_size")
+        )
+        self.rule: Rule = validate_rule(rule)
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+        self.warmup_steps = check_warmup_steps(warmup_steps)
+        if (
+            isinstance(warmup_epochs, bool)
+            or not isinstance(warmup_epochs, (int, float))
+            or not math.isfinite(warmup_epochs)
+            or warmup_epochs < 0
+        ):
+            raise ValueError(f"`warmup_epochs` must be a non-negative finite number, got {warmup_epochs!r}")
+        if warmup_steps and warmup_epochs:
+            raise ValueError(
+                f"give either `warmup_steps` or `warmup_epochs`, not both: got warmup_steps={warmup_steps!r} "
+                f"and warmup_epochs={warmup_epochs!r}"
+            )
+        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_start_factor = (
+            None if warmup_start_factor is None else check_start_factor(warmup_start_factor, "warmup_start_factor")
+        )
+        self.log_lr = bool(log_lr)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._per_rank: list[int] | None = None
+        self._accumulation: int | None = None
+        self._effective: int | None = None
+        self._base: int | None = None
+        self._factors: list[float] | None = None  # applied now, relative to the module's own LRs
+        self._rules: list[str] = []
+        self._resolved_warmup: int | None = None  # warmup length in steps, fixed once (never restarted)
+        self._start_factors: list[float] | None = None
+        self._warmup: LinearWarmup | None = None
+        self._trainer: Any = None
+        self._pending_batch = False
+        self._lr_names: list[list[str]] = []
+        self.summary = ""
+
+    # ------------------------------------------------------------------ read-only results
+    @property
+    def effective_batch_size(self) -> int | None:
+        """The effective batch size now in force (``None`` before training starts)."""
+        return self._effective
+
+    @property
+    def per_device_batch_size(self) -> int | None:
+        """The batch size rank zero feeds (``None`` before training starts)."""
+        return None if self._per_rank is None else self._per_rank[0]
+
+    @property
+    def scale_factors(self) -> tuple[float, ...]:
+        """The LR factor now applied to each optimizer, relative to the module's own LRs."""
+        return tuple(self._factors or ())
+
+    @property
+    def scale_factor(self) -> float | tuple[float, ...] | None:
+        """The LR factor now applied; a tuple (one per optimizer) when ``rule="auto"`` gives them different ones."""
+        if not self._factors:
+            return None
+        if all(f == self._factors[0] for f in self._factors):
+            return self._factors[0]
+        return tuple(self._factors)
+
+    @property
+    def warmup(self) -> LinearWarmup | None:
+        """The running warmup, if any."""
+        return self._warmup
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a new fit starts from the module's own LRs; a resume restores state after this
+            self._remove_warmup()
+            self._reset()
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.optimizers:
+            raise ValueError(
+                f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
+                f"{type(pl_module).__name__} returned no optimizer"
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer = trainer
+        local = self._local_batch_size(trainer, batch=None)
+        if local is None:
+            self._pending_batch = True  # only the first batch tells; scale before its optimizer step
+            return
+        self._apply(trainer, local)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._per_rank is not None and self._accumulation_now(trainer) != self._accumulation:
+            self._apply(trainer, local=None)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending_batch:
+            self._pending_batch = False
+            local = self._local_batch_size(trainer, batch=batch)
+            if local is None:
+                raise ValueError(
+                    f"{type(self).__name__} could not find the per-device batch size in the train loader or the first "
+                    "batch: pass `batch_size=` (the number of samples each device feeds per step)"
+                )
+            self._apply(trainer, local)
+        if self.log_lr and trainer.loggers:
+            self._log_lr(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_warmup()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_warmup()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scale_factors": list(self._factors) if self._factors is not None else None,
+            "effective_batch_size": self._effective,
+            "base_batch_size": self._base,
+            "warmup_steps": self._resolved_warmup,
+            "warmup_start_factors": self._start_factors,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        factors = state_dict.get("scale_factors")
+        self._factors = None if factors is None else [float(f) for f in factors]
+        self._effective = state_dict.get("effective_batch_size")
+        self._resolved_warmup = state_dict.get("warmup_steps")
+        starts = state_dict.get("warmup_start_factors")
+        self._start_factors = None if starts is None else [float(s) for s in starts]
+
+    # ------------------------------------------------------------------ internals
+    def _accumulation_now(self, trainer: Any) -> int:
+        """Accumulation for the current epoch, reading a ``GradientAccumulationScheduler`` directly so that the
+        result does not depend on whether it ran its ``on_train_epoch_start`` before this callback."""
+        scheduler_cls = self._pl.callbacks.GradientAccumulationScheduler
+        for callback in trainer.callbacks:
+            if isinstance(callback, scheduler_cls):
+                return int(callback.get_accumulate_grad_batches(trainer.current_epoch))
+        return int(trainer.accumulate_grad_batches)
+
+    def _local_batch_size(self, trainer: Any, batch: Any) -> int | None:
+        """This rank's per-step batch size: the override, the loaders' sizes (summed), or the batch's."""
+        if self.batch_size is not None:
+            return self.batch_size
+        combined = getattr(trainer.fit_loop, "_combined_loader", None)
+        if getattr(combined, "_mode", None) == "sequential":
+            return None if batch is None else self._batch_len(batch)
+        return self._tree_batch_size(trainer.train_dataloader, batch)
+
+    def _tree_batch_size(self, loaders: Any, batch: Any) -> int | None:
+        combined_cls = self._pl.utilities.combined_loader.CombinedLoader
+        if isinstance(loaders, combined_cls):
+            return self._tree_batch_size(loaders.iterables, batch)
+        if isinstance(loaders, Mapping):
+            sizes = [self._tree_batch_size(v, None if batch is None else batch[k]) for k, v in loaders.items()]
+        elif isinstance(loaders, Sequence) and not isinstance(loaders, (str, bytes)):
+            parts: list[Any] = list(batch) if isinstance(batch, (list, tuple)) else [None] * len(loaders)
+            if len(parts) != len(loaders):
+                parts = [None] * len(loaders)
+            sizes = [self._tree_batch_size(v, b) for v, b in zip(loaders, parts)]
+        else:
+            size = loader_batch_size(loaders)
+            if size is None and batch is not None:
+                size = self._batch_len(batch)
+            return size
+        if not sizes or any(s is None for s in sizes):
+            return None
+        return sum(s for s in sizes if s is not None)
+
+    def _batch_len(self, batch: Any) -> int | None:
+        try:
+            size = int(self._pl.utilities.data.extract_batch_size(batch))
+        except Exception:
+            return None
+        return size if size > 0 else None
+
+    def _gather(self, trainer: Any, local: int) -> list[int]:
+        """Every rank's batch size, in rank order, identical on all ranks."""
+        tensor = torch.tensor(local, dtype=torch.long, device=trainer.strategy.root_device)
+        gathered = trainer.strategy.all_gather(tensor)
+        return [int(v) for v in gathered.reshape(-1).tolist()]
+
+    def _apply(self, trainer: Any, local: int | None) -> None:
+        """Compute the target factors, then rescale by target / applied. Everything that can fail runs first.
+
+        ``local`` is this rank's batch size, gathered from all ranks the first time; later calls (a change of
+        accumulation) reuse the gathered sizes.
+        """
+        per_rank = self._per_rank
+        if per_rank is None:
+            assert local is not None  # noqa: S101 - internal invariant
+            per_rank = self._gather(trainer, local)
+        accumulation = self._accumulation_now(trainer)
+        effective = sum(per_rank) * accumulation
+        base = self.base_batch_size if self.base_batch_size is not None else per_rank[0]
+        optimizers = list(trainer.optimizers)
+        ratio = effective / base
+        rules = [rule_name(resolve_rule(self.rule, opt)) for opt in optimizers]
+        targets = [scale_factor(ratio, self.rule, opt) for opt in optimizers]
+        previous = self._factors
+        if previous is not None and len(previous) != len(optimizers):
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} state holds {len(previous)} scale factors, but the module "
+                f"has {len(optimizers)} optimizers"
+            )
+        applied = previous if previous is not None else [1.0] * len(optimizers)
+        schedulers = flatten_schedulers(config.scheduler for config in trainer.lr_scheduler_configs)
+        relative = [t / a for t, a in zip(targets, applied)]
+
+        rescale_(optimizers, schedulers, relative)
+
+        first = self._per_rank is None
+        self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
+        self._factors, self._rules = targets, rules
+        if first:
+            self._start_warmup(trainer, optimizers, targets)
+            self._lr_names = self._make_lr_names(optimizers)
+        self.summary = self._summary(trainer, optimizers, targets, applied, previous is not None and first)
+        self._pl.utilities.rank_zero.rank_zero_info(self.summary)
+        self._log_scale(trainer)
+        if first:
+            self._warn(optimizers, targets, rules)
+
+    def _start_warmup(self, trainer: Any, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
+        if self._resolved_warmup is None:  # not restored from a checkpoint
+            steps = self.warmup_steps
+            if self.warmup_epochs:
+                batches = trainer.num_training_batches
+                if not math.isfinite(batches):
+                    raise ValueError(
+                        f"`warmup_epochs={self.warmup_epochs}` needs a train loader with a length; "
+                        "use `warmup_steps=` instead"
+                    )
+                per_epoch = math.ceil(batches / self._accumulation_now(trainer))
+                steps = math.ceil(self.warmup_epochs * per_epoch - 1e-9)
+            self._resolved_warmup = int(steps)
+        if self._start_factors is None or len(self._start_factors) != len(optimizers):
+            if self.warmup_start_factor is not None:
+                self._start_factors = [self.warmup_start_factor] * len(optimizers)
+            else:
+                self._start_factors = [1.0 / f if f > 1.0 else 0.0 for f in targets]
+        if self._resolved_warmup > 0:
+            self._warmup = LinearWarmup(
+                optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: trainer.global_step
+            )
+
+    def _remove_warmup(self) -> None:
+        if self._warmup is not None:
+            self._warmup.remove()
+            self._warmup = None
+
+    @staticmethod
+    def _make_lr_names(optimizers: list[torch.optim.Optimizer]) -> list[list[str]]:
+        counts: dict[str, int] = {}
+        names: list[list[str]] = []
+        for optimizer in optimizers:
+            name = type(optimizer).__name__
+            seen = counts.get(name, 0)
+            counts[name] = seen + 1
+            stem = f"lrbs/lr-{name}" + (f"-{seen}" if seen else "")
+            names.append([stem if i == 0 else f"{stem}/pg{i}" for i in range(len(optimizer.param_groups))])
+        return names
+
+    def _log_lr(self, trainer: Any) -> None:
+        """Log the LR each group will actually use for the coming step: scheduled LR × warmup factor."""
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is not None and not connector.should_update_logs:
+            return
+        step = trainer.global_step
+        metrics: dict[str, float] = {}
+        for index, (optimizer, names) in enumerate(zip(trainer.optimizers, self._lr_names)):
+            w = self._warmup.factor(index, step) if self._warmup is not None else 1.0
+            for group, active, name in zip(optimizer.param_groups, scalable_groups(optimizer), names):
+                metrics[name] = float(group["lr"]) * (w if active else 1.0)
+        self._log_metrics(trainer, metrics)
+
+    def _log_scale(self, trainer: Any) -> None:
+        metrics = {"lrbs/effective_batch_size": float(self._effective or 0)}
+        for names, factor in zip(self._lr_names, self._factors or ()):
+            single = len(self._lr_names) == 1
+            metrics["lrbs/scale_factor" if single else names[0].replace("lrbs/lr-", "lrbs/scale_factor-")] = factor
+        self._log_metrics(trainer, metrics)
+
+    @staticmethod
+    def _log_metrics(trainer: Any, metrics: dict[str, float]) -> None:
+        step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", trainer.global_step)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def _summary(
+        self,
+        trainer: Any,
+        optimizers: list[torch.optim.Optimizer],
+        targets: list[float],
+        applied: list[float],
+        resumed: bool,
+    ) -> str:
+        per_rank, accumulation = self._per_rank or [0], self._accumulation or 1
+        if all(b == per_rank[0] for b in per_rank):
+            parts = [f"{per_rank[0]} per device"]
+            if trainer.num_devices > 1 or trainer.num_nodes > 1:
+                parts.append(f"{trainer.num_devices} device{'s' if trainer.num_devices != 1 else ''}")
+            if trainer.num_nodes > 1:
+                parts.append(f"{trainer.num_nodes} nodes")
+        else:
+            parts = ["(" + " + ".join(str(b) for b in per_rank) + ") over ranks"]
+        if accumulation > 1:
+            parts.append(f"{accumulation} accumulation")
+        text = f"effective batch {self._effective} = {' × '.join(parts)}; base {self._base}"
+        text += f"; rule {rule_name(self.rule)}"
+        entries = []
+        for optimizer, target, rule in zip(optimizers, targets, self._rules):
+            before, after = [], []
+            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
+                now = float(group.get("initial_lr", group["lr"]))
+                after.append(f"{now:.4g}" if active else f"{now:.4g} (kept)")
+                before.append(f"{now / target:.4g}" if active else f"{now:.4g}")
+            how = f"{rule} ×{target:.2f}: " if self.rule == "auto" else ""
+            entries.append(f"{type(optimizer).__name__} {how}{', '.join(before)} → {', '.join(after)}")
+        if self.rule == "auto":
+            text += " → " + "; ".join(entries)
+        else:
+            text += f" → LR ×{targets[0]:.2f}: " + "; ".join(entries)
+        if resumed and any(a != t for a, t in zip(applied, targets)):
+            text += " (resumed at ×" + "/".join(f"{a:.2f}" for a in applied) + ", rescaled)"
+        elif resumed:
+            text += " (resumed, already scaled)"
+        if self._resolved_warmup and self._start_factors is not None:
+            starts = "/".join(f"×{s:.3g}" for s in dict.fromkeys(self._start_factors))
+            text += f"; warmup {self._resolved_warmup} steps from {starts}"
+        return text
+
+    def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float], rules: list[str]) -> None:
+        warn = self._pl.utilities.rank_zero.rank_zero_warn
+        if all(t == 1.0 for t in targets):
+            warn(
+                f"{type(self).__name__}: the LR factor is 1 (effective batch {self._effective}, base {self._base}, "
+                f"rule {rule_name(self.rule)}): nothing to scale",
+                category=RuntimeWarning,
+            )
+        if self.rule == "linear":
+            adaptive = sorted({type(o).__name__ for o, t in zip(optimizers, targets) if is_adaptive(o) and t != 1.0})
+            if adaptive:
+                warn(
+                    f"{type(self).__name__}: the linear rule scales the adaptive optimizer(s) {', '.join(adaptive)}; "
+                    "adaptive optimizers usually follow the square-root rule (Malladi et al. 2022): "
+                    "try rule='sqrt' or rule='auto'",
+                    category=RuntimeWarning,
+                )

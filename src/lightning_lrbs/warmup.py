@@ -1,0 +1,211 @@
+r"""Linear learning-rate warmup that composes with any scheduler.
+
+Pure PyTorch, no Lightning import: usable from raw PyTorch and Lightning Fabric.
+
+At optimizer step :math:`t` (0-based), with start factor :math:`s` and length :math:`W` optimizer steps, the LR the
+optimizer uses is the scheduled LR times
+
+.. math::
+
+    w(t) = s + (1 - s)\,\min\!\left(1, \frac{t}{W}\right),
+
+so :math:`w = 1` exactly from step :math:`W` on. This is the gradual warmup of Goyal et al. 2017 (*Accurate, Large
+Minibatch SGD*, arXiv:1706.02677), which ramps from the single-worker LR :math:`\eta` (:math:`s = 1/k`) to
+:math:`k\eta`, and of Horovod's ``LearningRateWarmupCallback``.
+
+"Scheduled LR" is whatever sits in ``param_group["lr"]`` when ``optimizer.step()`` starts: the warmup multiplies it
+in a step pre-hook and puts the scheduled value back in a step post-hook. The scheduler therefore never sees a
+warmed value: chainable schedulers (``StepLR``, ``ExponentialLR``) do not compound the factor, closed-form ones
+(cosine, ``OneCycleLR``, ``LambdaLR``) are unaffected. Applying is idempotent within a step (LBFGS calls its closure
+several times), and a step that never runs (``GradScaler`` skipping it for inf/nan gradients) leaves nothing warmed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+
+from lightning_lrbs.rescale import scalable_groups
+
+__all__ = ["LinearWarmup", "check_start_factor", "check_warmup_steps", "warmup_factor"]
+
+
+def check_warmup_steps(warmup_steps: object, name: str = "warmup_steps") -> int:
+    """Validate a warmup length in optimizer steps: a non-negative int.
+
+    Example::
+
+        >>> check_warmup_steps(-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: `warmup_steps` must be a non-negative int, got -1
+    """
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"`{name}` must be a non-negative int, got {warmup_steps!r}")
+    return warmup_steps
+
+
+def check_start_factor(start_factor: object, name: str = "warmup_start_factor") -> float:
+    """Validate a warmup start factor: a number in [0, 1].
+
+    Example::
+
+        >>> check_start_factor(1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `warmup_start_factor` must be in [0, 1], got 1.5
+    """
+    if (
+        isinstance(start_factor, bool)
+        or not isinstance(start_factor, (int, float))
+        or not math.isfinite(start_factor)
+        or not 0.0 <= start_factor <= 1.0
+    ):
+        raise ValueError(f"`{name}` must be in [0, 1], got {start_factor!r}")
+    return float(start_factor)
+
+
+def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
+    r"""The warmup multiplier :math:`w(t) = s + (1 - s) \min(1, t / W)`.
+
+    Args:
+        step: The 0-based optimizer step :math:`t`.
+        warmup_steps: The warmup length :math:`W` in optimizer steps; ``0`` means no warmup.
+        start_factor: :math:`s`, the multiplier at step 0.
+
+    Example::
+
+        >>> [warmup_factor(t, 4, 0.2) for t in range(6)]
+        [0.2, 0.4, 0.6000000000000001, 0.8, 1.0, 1.0]
+    """
+    if step >= warmup_steps:
+        return 1.0
+    return start_factor + (1.0 - start_factor) * (max(step, 0) / warmup_steps)
+
+
+class LinearWarmup:
+    r"""Warm the learning rates of one or more optimizers up over their first optimizer steps.
+
+    The warmup lives in ``optimizer.register_step_pre_hook`` / ``register_step_post_hook``: it works with any
+    scheduler, with closures (LBFGS), with manual optimization and with ``torch.amp.GradScaler``, whose skipped steps
+    run neither hook.
+
+    Args:
+        optimizers: One optimizer or a sequence of them.
+        warmup_steps: Length :math:`W` in optimizer steps (``0`` disables the warmup).
+        start_factor: :math:`s` in [0, 1], one for all optimizers or one per optimizer.
+        step_fn: Returns the current 0-based step :math:`t` (e.g. ``lambda: trainer.global_step``). Without it each
+            optimizer counts its own completed steps; that count is saved by :meth:`state_dict`.
+
+    Raises:
+        ValueError: If ``warmup_steps`` is negative or a start factor is outside [0, 1].
+
+    Example::
+
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([w], lr=0.8)
+        >>> warmup = LinearWarmup(opt, warmup_steps=4, start_factor=0.25)
+        >>> seen = []
+        >>> _ = opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+        >>> for _ in range(5):
+        ...     opt.step()
+        >>> seen, opt.param_groups[0]["lr"]
+        ([0.2, 0.35000000000000003, 0.5, 0.6500000000000001, 0.8], 0.8)
+        >>> warmup.remove()
+    """
+
+    def __init__(
+        self,
+        optimizers: Optimizer | Sequence[Optimizer],
+        warmup_steps: int,
+        start_factor: float | Sequence[float] = 0.0,
+        step_fn: Callable[[], int] | None = None,
+    ) -> None:
+        self.optimizers: list[Optimizer] = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
+        self.warmup_steps = check_warmup_steps(warmup_steps)
+        factors = [start_factor] * len(self.optimizers) if isinstance(start_factor, (int, float)) else start_factor
+        if len(factors) != len(self.optimizers):
+            raise ValueError(f"`start_factor` has {len(factors)} values for {len(self.optimizers)} optimizers")
+        self.start_factors = [check_start_factor(s, "start_factor") for s in factors]
+        self.step_fn = step_fn
+        self.steps = [0] * len(self.optimizers)
+        # Per optimizer: the (group, scheduled lr) pairs taken out by the pre-hook and not yet put back.
+        self._pending: list[list[tuple[dict[str, Any], Any]] | None] = [None] * len(self.optimizers)
+        self._handles: list[RemovableHandle] = []
+        for index, optimizer in enumerate(self.optimizers):
+            self._handles.append(optimizer.register_step_pre_hook(self._make_pre_hook(index)))
+            self._handles.append(optimizer.register_step_post_hook(self._make_post_hook(index)))
+
+    def step(self, index: int = 0) -> int:
+        """The 0-based step :math:`t` the next ``optimizer.step()`` of optimizer ``index`` is."""
+        return self.step_fn() if self.step_fn is not None else self.steps[index]
+
+    def factor(self, index: int = 0, step: int | None = None) -> float:
+        """:math:`w(t)` for optimizer ``index`` at ``step`` (default: its next step)."""
+        t = self.step(index) if step is None else step
+        return warmup_factor(t, self.warmup_steps, self.start_factors[index])
+
+    def _make_pre_hook(self, index: int) -> Callable[[Optimizer, Any, Any], None]:
+        def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            if self._pending[index] is not None:  # already applied for this step
+                return
+            w = self.factor(index)
+            if w == 1.0:
+                return
+            pending: list[tuple[dict[str, Any], Any]] = []
+            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
+                if not active:
+                    continue
+                lr = group["lr"]
+                if isinstance(lr, torch.Tensor):
+                    pending.append((group, lr.detach().clone()))
+                    with torch.no_grad():
+                        lr.mul_(w)
+                else:
+                    pending.append((group, lr))
+                    group["lr"] = lr * w
+            self._pending[index] = pending
+
+        return pre_hook
+
+    def _make_post_hook(self, index: int) -> Callable[[Optimizer, Any, Any], None]:
+        def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            self.steps[index] += 1
+            self._restore(index)
+
+        return post_hook
+
+    def _restore(self, index: int) -> None:
+        pending = self._pending[index]
+        if pending is None:
+            return
+        self._pending[index] = None
+        for group, lr in pending:
+            if isinstance(group["lr"], torch.Tensor):
+                with torch.no_grad():
+                    group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
+
+    def remove(self) -> None:
+        """Detach the hooks, putting back any LR still warmed."""
+        for index in range(len(self.optimizers)):
+            self._restore(index)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-optimizer step counts (used when no ``step_fn`` is given)."""
+        return {"steps": list(self.steps)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`, to resume mid-warmup."""
+        steps = state_dict.get("steps", self.steps)
+        if len(steps) == len(self.steps):
+            self.steps = [int(s) for s in steps]
