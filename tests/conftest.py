@@ -1,0 +1,14 @@
+"""Shared test set-up.
+
+Tests run from ``tests/`` with ``--import-mode=importlib`` against the installed wheel. Shared test helpers live in
+``tests/lrbs_testing.py``; this file puts ``tests/`` on ``sys.path`` so test modules can import them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))

@@ -1,0 +1,87 @@
+"""Small real models and trainers shared by the tests (no mocks: real Trainer, real optimizers and schedulers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from torch.utils.data import DataLoader
+
+LR = 0.1
+
+
+def quiet_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer with no logger, progress bar, checkpointing or validation unless asked for."""
+    defaults: dict[str, Any] = {
+        "default_root_dir": tmp_path,
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "limit_train_batches": 4,
+        "limit_val_batches": 0,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "enable_checkpointing": False,
+        "logger": False,
+    }
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+class LRModel(BoringModel):
+    """BoringModel with SGD over two param groups (LRs ``lr`` and ``lr / 2``) and an optional scheduler.
+
+    Records the LR of every group at each optimizer step in ``self.lrs`` (a list of lists).
+
+    Args:
+        lr: LR of the first group; the second gets half.
+        scheduler: ``(optimizer) -> scheduler`` or ``None``.
+        interval: Lightning scheduler interval, ``"step"`` or ``"epoch"``.
+        batch_size: Train loader batch size.
+        optimizer: ``(param_groups) -> optimizer``; default SGD with momentum 0.9.
+        extra: Extra scheduler-config keys (e.g. ``{"monitor": "plateau"}``).
+    """
+
+    def __init__(
+        self,
+        lr: float | torch.Tensor = LR,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        interval: str = "step",
+        batch_size: int = 8,
+        optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None,
+        extra: dict[str, Any] | None = None,
+        group_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.lr, self.scheduler, self.interval, self.batch_size = lr, scheduler, interval, batch_size
+        self.make_optimizer = optimizer or (lambda groups: torch.optim.SGD(groups, lr=0.0, momentum=0.9))
+        self.extra = extra or {}
+        self.group_options = group_options or {}
+        self.lrs: list[list[float]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        self.log("plateau", 1.0, on_step=True, on_epoch=True)
+        return out
+
+    def configure_optimizers(self) -> Any:
+        second = self.lr / 2 if not isinstance(self.lr, torch.Tensor) else (self.lr / 2).clone()
+        groups = [
+            {"params": [self.layer.weight], "lr": self.lr},
+            {"params": [self.layer.bias], "lr": second, **self.group_options},
+        ]
+        optimizer = self.make_optimizer(groups)
+        if self.scheduler is None:
+            return optimizer
+        config = {"scheduler": self.scheduler(optimizer), "interval": self.interval, **self.extra}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.lrs.append([float(group["lr"]) for group in optimizer.param_groups])
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(RandomDataset(32, 64), batch_size=self.batch_size)
