@@ -85,3 +85,8 @@ class LRModel(BoringModel):
 
     def train_dataloader(self) -> DataLoader[Any]:
         return DataLoader(RandomDataset(32, 64), batch_size=self.batch_size)
+
+
+def flat(lrs: list[list[float]]) -> list[float]:
+    """Step-major, group-minor flattening of recorded LRs, for ``pytest.approx``."""
+    return [lr for step in lrs for lr in step]

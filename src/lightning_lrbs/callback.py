@@ -54,8 +54,9 @@ class BatchScalingCallback(pl.Callback):
             epoch (accumulation counted) and rounded up. Not together with ``warmup_steps``.
         warmup_start_factor: Multiplier on the scheduled LR at the first step, in [0, 1]. ``None`` starts from the
             unscaled LR, :math:`1/f` (Goyal et al.; Horovod), or from 0 when :math:`f \le 1`.
-        log_lr: Log the LR each optimizer group actually uses (warmup applied) as ``lrbs/lr-<Optimizer>[/pg<i>]``
-            at the Trainer's ``log_every_n_steps``.
+        log_lr: Log the LR each optimizer group actually uses (warmup applied) at the Trainer's
+            ``log_every_n_steps``, under ``LearningRateMonitor``'s names prefixed with ``lrbs/``
+            (``lrbs/lr-<Optimizer>[-<n>][/pg<i>]``; ``LearningRateMonitor`` logs the LR before the warmup).
 
     Raises:
         ValueError: If an argument is invalid (named in the message), and, when training starts, if the module has
@@ -162,7 +163,8 @@ class BatchScalingCallback(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.optimizers:
+        # Lightning stands a `_MockOptimizer` without param groups in for a `configure_optimizers` returning None.
+        if not any(group for opt in trainer.optimizers for group in opt.param_groups if "lr" in group):
             raise ValueError(
                 f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
                 f"{type(pl_module).__name__} returned no optimizer"
@@ -303,14 +305,15 @@ class BatchScalingCallback(pl.Callback):
         applied = previous if previous is not None else [1.0] * len(optimizers)
         schedulers = flatten_schedulers(config.scheduler for config in trainer.lr_scheduler_configs)
         relative = [t / a for t, a in zip(targets, applied)]
+        first = self._per_rank is None
+        warmup_steps = self._warmup_length(trainer) if first else 0  # can fail: before anything changes
 
         rescale_(optimizers, schedulers, relative)
 
-        first = self._per_rank is None
         self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
         self._factors, self._rules = targets, rules
         if first:
-            self._start_warmup(trainer, optimizers, targets)
+            self._start_warmup(trainer, optimizers, targets, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
         self.summary = self._summary(trainer, optimizers, targets, applied, previous is not None and first)
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
@@ -318,19 +321,24 @@ class BatchScalingCallback(pl.Callback):
         if first:
             self._warn(optimizers, targets, rules)
 
-    def _start_warmup(self, trainer: Any, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
-        if self._resolved_warmup is None:  # not restored from a checkpoint
-            steps = self.warmup_steps
-            if self.warmup_epochs:
-                batches = trainer.num_training_batches
-                if not math.isfinite(batches):
-                    raise ValueError(
-                        f"`warmup_epochs={self.warmup_epochs}` needs a train loader with a length; "
-                        "use `warmup_steps=` instead"
-                    )
-                per_epoch = math.ceil(batches / self._accumulation_now(trainer))
-                steps = math.ceil(self.warmup_epochs * per_epoch - 1e-9)
-            self._resolved_warmup = int(steps)
+    def _warmup_length(self, trainer: Any) -> int:
+        """The warmup length in optimizer steps: restored from a checkpoint (never recomputed), or resolved now."""
+        if self._resolved_warmup is not None:
+            return self._resolved_warmup
+        if not self.warmup_epochs:
+            return self.warmup_steps
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError(
+                f"`warmup_epochs={self.warmup_epochs}` needs a train loader with a length; use `warmup_steps=` instead"
+            )
+        per_epoch = math.ceil(batches / self._accumulation_now(trainer))
+        return int(math.ceil(self.warmup_epochs * per_epoch - 1e-9))
+
+    def _start_warmup(
+        self, trainer: Any, optimizers: list[torch.optim.Optimizer], targets: list[float], warmup_steps: int
+    ) -> None:
+        self._resolved_warmup = warmup_steps
         if self._start_factors is None or len(self._start_factors) != len(optimizers):
             if self.warmup_start_factor is not None:
                 self._start_factors = [self.warmup_start_factor] * len(optimizers)
@@ -348,6 +356,8 @@ class BatchScalingCallback(pl.Callback):
 
     @staticmethod
     def _make_lr_names(optimizers: list[torch.optim.Optimizer]) -> list[list[str]]:
+        """``LearningRateMonitor``'s names under ``lrbs/``: ``lr-<Optimizer>[-<n>]``, plus ``/<group name>`` or, with
+        several groups, ``/pg<i>`` (1-based), so ``lrbs/lr-SGD/pg1`` is the warmed ``lr-SGD/pg1``."""
         counts: dict[str, int] = {}
         names: list[list[str]] = []
         for optimizer in optimizers:
@@ -355,7 +365,11 @@ class BatchScalingCallback(pl.Callback):
             seen = counts.get(name, 0)
             counts[name] = seen + 1
             stem = f"lrbs/lr-{name}" + (f"-{seen}" if seen else "")
-            names.append([stem if i == 0 else f"{stem}/pg{i}" for i in range(len(optimizer.param_groups))])
+            groups = optimizer.param_groups
+            if len(groups) > 1:
+                names.append([f"{stem}/{group.get('name', f'pg{i}')}" for i, group in enumerate(groups, start=1)])
+            else:
+                names.append([f"{stem}/{group['name']}" if group.get("name") else stem for group in groups])
         return names
 
     def _log_lr(self, trainer: Any) -> None:
@@ -375,7 +389,8 @@ class BatchScalingCallback(pl.Callback):
         metrics = {"lrbs/effective_batch_size": float(self._effective or 0)}
         for names, factor in zip(self._lr_names, self._factors or ()):
             single = len(self._lr_names) == 1
-            metrics["lrbs/scale_factor" if single else names[0].replace("lrbs/lr-", "lrbs/scale_factor-")] = factor
+            stem = names[0].split("/")[1].replace("lr-", "scale_factor-", 1)  # lrbs/lr-SGD-1/pg1 -> scale_factor-SGD-1
+            metrics["lrbs/scale_factor" if single else f"lrbs/{stem}"] = factor
         self._log_metrics(trainer, metrics)
 
     @staticmethod
