@@ -161,7 +161,7 @@ class TestUsersAreTold:
             rows = list(csv.DictReader(f))
         assert any(row.get("lrbs/effective_batch_size") == "8.0" for row in rows)
         assert any(row.get("lrbs/scale_factor") == "4.0" for row in rows)
-        lrs = [float(row["lrbs/lr-SGD"]) for row in rows if row.get("lrbs/lr-SGD")]
+        lrs = [float(row["lrbs/lr-SGD/pg1"]) for row in rows if row.get("lrbs/lr-SGD/pg1")]
         assert len(lrs) == 8
         assert lrs[0] == pytest.approx(4 * LR)
 
