@@ -1,0 +1,238 @@
+r"""Batch scaling for a training loop of your own: Lightning Fabric or raw PyTorch.
+
+Pure PyTorch, no Lightning import. :func:`scale_for_batch` does in one call what
+:class:`~lightning_lrbs.BatchScalingCallback` does when a Trainer starts: it computes the effective batch size
+
+.. math::
+
+    B_\text{eff} = A \sum_{\text{ranks } r} b_r = b \times \text{world size} \times A,
+
+multiplies every learning rate, and everything the schedulers derived from it, by
+:math:`f = \text{rule}(B_\text{eff} / B_\text{base})`, and optionally starts a linear warmup over the first
+optimizer steps that composes with any scheduler.
+
+With Fabric::
+
+    fabric = Fabric(devices=4, strategy="ddp")
+    fabric.launch()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1000)
+    loader = fabric.setup_dataloaders(DataLoader(dataset, batch_size=32, shuffle=True))
+    scaling = scale_for_batch(
+        optimizer, scheduler,
+        per_device_batch_size=32, world_size=fabric.world_size, accumulation=2,
+        base_batch_size=256, rule="linear", warmup_steps=100,
+    )
+    fabric.print(scaling.summary)  # effective batch 256 = 32 per device × 4 devices × 2 accumulation; ...
+
+Then train as usual: ``optimizer.step()`` uses the warmed-up LR during the first ``warmup_steps`` optimizer steps,
+and ``scheduler.step()`` keeps following its own schedule at :math:`f\times` the LRs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch.optim import Optimizer
+
+from lightning_lrbs.batch import check_positive_int, effective_batch_size
+from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
+from lightning_lrbs.rules import Rule, resolve_rule, rule_name, scale_factor, validate_rule
+from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps
+
+__all__ = ["ScalingResult", "scale_for_batch"]
+
+
+@dataclass(frozen=True)
+class ScalingResult:
+    r"""What :func:`scale_for_batch` did.
+
+    Attributes:
+        effective_batch_size: :math:`B_\text{eff}`, samples per optimizer step over all ranks.
+        base_batch_size: :math:`B_\text{base}`, the batch size the LRs were tuned for.
+        scale_factors: The LR factor applied to each optimizer, in order.
+        rules: The rule each optimizer was scaled with (``"auto"`` resolved to ``"linear"`` or ``"sqrt"``).
+        warmup: The running :class:`~lightning_lrbs.warmup.LinearWarmup`, or ``None`` without warmup.
+        summary: One line with the numbers, for a log.
+    """
+
+    effective_batch_size: int
+    base_batch_size: int
+    scale_factors: tuple[float, ...]
+    rules: tuple[str, ...]
+    warmup: LinearWarmup | None
+    summary: str
+
+    @property
+    def scale_factor(self) -> float | tuple[float, ...]:
+        """The LR factor; a tuple (one per optimizer) only when ``rule="auto"`` gave them different ones."""
+        if all(f == self.scale_factors[0] for f in self.scale_factors):
+            return self.scale_factors[0]
+        return self.scale_factors
+
+
+def _unwrap(optimizer: object) -> Optimizer:
+    """The torch optimizer behind a Fabric (``fabric.setup``) or Lightning wrapper, or the optimizer itself."""
+    for attribute in ("optimizer", "_optimizer"):
+        inner = getattr(optimizer, attribute, None)
+        if isinstance(inner, Optimizer):
+            return inner
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"`optimizers` must hold torch.optim.Optimizer instances, got {type(optimizer).__name__}")
+    return optimizer
+
+
+def scale_for_batch(
+    optimizers: Optimizer | Sequence[Optimizer],
+    schedulers: Any = (),
+    *,
+    per_device_batch_size: int | Sequence[int],
+    world_size: int = 1,
+    accumulation: int = 1,
+    base_batch_size: int | None = None,
+    rule: Rule = "linear",
+    warmup_steps: int = 0,
+    warmup_start_factor: float | None = None,
+) -> ScalingResult:
+    r"""Scale the learning rates of ``optimizers`` and ``schedulers`` to the effective batch size, in place.
+
+    .. math::
+
+        B_\text{eff} = b \times \text{world size} \times A, \qquad
+        \eta \leftarrow f\,\eta \quad\text{with}\quad f = \text{rule}\!\left(\frac{B_\text{eff}}{B_\text{base}}\right)
+
+    Every stored copy of the LR is scaled (see :func:`~lightning_lrbs.rescale.rescale_`), so each scheduler behaves
+    exactly as if it had been built at :math:`f\times` the LRs. Call it once, on freshly built optimizers and
+    schedulers, and before loading a checkpoint: a checkpoint holds already-scaled LRs, which loading puts back. To
+    resume on another world size, rescale by ``new / old`` factor with :func:`~lightning_lrbs.rescale.rescale_`.
+
+    Args:
+        optimizers: One optimizer or a sequence of them; optimizers returned by ``fabric.setup`` are accepted.
+        schedulers: One scheduler or an iterable of them, built on those optimizers (``ReduceLROnPlateau``,
+            ``SequentialLR`` and ``ChainedScheduler`` included).
+        per_device_batch_size: The batch size :math:`b` each rank feeds per forward pass, or one size per rank.
+        world_size: Number of ranks (``fabric.world_size``) when ``per_device_batch_size`` is a single int.
+        accumulation: Gradient-accumulation steps :math:`A` (forward passes per optimizer step).
+        base_batch_size: The batch size the LRs were tuned for. ``None`` means the per-device batch size (of the
+            first rank), so the factor comes from world size × accumulation alone.
+        rule: ``"linear"`` (:math:`f = r`, Goyal et al. 2017), ``"sqrt"`` (:math:`f = \sqrt r`, Malladi et al.
+            2022 for adaptive optimizers), ``"auto"`` (``sqrt`` for adaptive optimizers, ``linear`` otherwise),
+            ``"none"``, or a callable ``f(r) -> float``; see :mod:`lightning_lrbs.rules`.
+        warmup_steps: Linear warmup length :math:`W` in optimizer steps (``0``: none). The warmup counts the steps
+            each optimizer takes; save and restore it with ``result.warmup.state_dict()`` / ``load_state_dict``.
+        warmup_start_factor: Multiplier :math:`s` on the scheduled LR at the first step, in [0, 1]. ``None`` starts
+            from the unscaled LR, :math:`s = 1/f` (Goyal et al.), or from 0 when :math:`f \le 1`. The LR at
+            optimizer step :math:`t` is the scheduled LR times :math:`s + (1 - s)\min(1, t / W)`.
+
+    Returns:
+        A :class:`ScalingResult` with the effective batch size, the factors, the warmup and a summary line.
+
+    Raises:
+        ValueError: If a size is not a positive int, ``per_device_batch_size`` lists a number of ranks other than
+            ``world_size``, the rule is unknown or returns a non-finite or non-positive factor, a warmup argument is
+            out of range, or a scheduler belongs to an optimizer that is not given. Nothing is changed then.
+        TypeError: If ``optimizers`` holds something that is not an optimizer.
+
+    Example::
+
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> optimizer = torch.optim.SGD([w], lr=0.1)
+        >>> scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100, eta_min=0.001)
+        >>> result = scale_for_batch(
+        ...     optimizer, scheduler, per_device_batch_size=32, world_size=8, base_batch_size=64, warmup_steps=10
+        ... )
+        >>> result.effective_batch_size, result.scale_factor, scheduler.base_lrs, scheduler.eta_min
+        (256, 4.0, [0.4], 0.004)
+        >>> print(result.summary)
+        effective batch 256 = 32 per device × 8 devices; base 64; rule linear → LR ×4.00: SGD 0.1 → 0.4; warmup 10 steps from ×0.25
+        >>> result.warmup.factor(0), result.warmup.factor(0, step=5), result.warmup.factor(0, step=10)
+        (0.25, 0.625, 1.0)
+        >>> result.warmup.remove()
+    """  # noqa: E501
+    # Everything that can fail is checked first, so a bad argument leaves the optimizers as they were.
+    per_device_sizes: list[int] | None = None
+    if isinstance(per_device_batch_size, Sequence) and not isinstance(per_device_batch_size, (str, bytes)):
+        per_device_sizes = [check_positive_int(b, "per_device_batch_size") for b in per_device_batch_size]
+        if not per_device_sizes:
+            raise ValueError("`per_device_batch_size` must not be empty")
+        check_positive_int(world_size, "world_size")
+        if world_size not in (1, len(per_device_sizes)):
+            raise ValueError(
+                f"`per_device_batch_size` lists {len(per_device_sizes)} ranks but `world_size` is {world_size}"
+            )
+        first = per_device_sizes[0]
+        effective = effective_batch_size(per_device_sizes, accumulation)
+    else:
+        first = check_positive_int(per_device_batch_size, "per_device_batch_size")
+        effective = effective_batch_size(first, accumulation, world_size)
+    base = first if base_batch_size is None else check_positive_int(base_batch_size, "base_batch_size")
+    validate_rule(rule)
+    warmup_steps = check_warmup_steps(warmup_steps)
+    start_factor = None if warmup_start_factor is None else check_start_factor(warmup_start_factor)
+
+    given = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
+    optimizer_list = [_unwrap(o) for o in given]
+    if not optimizer_list:
+        raise ValueError("`optimizers` must hold at least one optimizer")
+    scheduler_list = flatten_schedulers([schedulers] if hasattr(schedulers, "optimizer") else schedulers)
+    ratio = effective / base
+    factors = [scale_factor(ratio, rule, o) for o in optimizer_list]
+    rules = [rule_name(resolve_rule(rule, o)) for o in optimizer_list]
+    before = [_group_lrs(o) for o in optimizer_list]
+
+    rescale_(optimizer_list, scheduler_list, factors)  # checks the schedulers' optimizers before changing anything
+
+    warmup = None
+    starts = [start_factor if start_factor is not None else (1.0 / f if f > 1.0 else 0.0) for f in factors]
+    if warmup_steps > 0:
+        warmup = LinearWarmup(optimizer_list, warmup_steps, starts)
+    summary = _summary(
+        effective, per_device_sizes or [first], world_size, accumulation, base, rule, optimizer_list, before, factors
+    )
+    if warmup is not None:
+        summary += f"; warmup {warmup_steps} steps from " + "/".join(f"×{s:.3g}" for s in dict.fromkeys(starts))
+    return ScalingResult(effective, base, tuple(factors), tuple(rules), warmup, summary)
+
+
+def _group_lrs(optimizer: Optimizer) -> list[float]:
+    return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+
+
+def _summary(
+    effective: int,
+    per_rank: list[int],
+    world_size: int,
+    accumulation: int,
+    base: int,
+    rule: Rule,
+    optimizers: list[Optimizer],
+    before: list[list[float]],
+    factors: list[float],
+) -> str:
+    if len(per_rank) == 1:
+        parts = [f"{per_rank[0]} per device"]
+        if world_size > 1:
+            parts.append(f"{world_size} devices")
+    elif all(b == per_rank[0] for b in per_rank):
+        parts = [f"{per_rank[0]} per device", f"{len(per_rank)} devices"]
+    else:
+        parts = ["(" + " + ".join(str(b) for b in per_rank) + ") over ranks"]
+    if accumulation > 1:
+        parts.append(f"{accumulation} accumulation")
+    text = f"effective batch {effective} = {' × '.join(parts)}; base {base}; rule {rule_name(rule)}"
+    entries = []
+    for optimizer, lrs, factor in zip(optimizers, before, factors):
+        pairs = [
+            (f"{lr:.4g}", f"{lr * factor:.4g}") if active else (f"{lr:.4g}", f"{lr:.4g} (kept)")
+            for lr, active in zip(lrs, scalable_groups(optimizer))
+        ]
+        how = f"{rule_name(resolve_rule(rule, optimizer))} ×{factor:.2f}: " if rule == "auto" else ""
+        entries.append(
+            f"{type(optimizer).__name__} {how}{', '.join(p[0] for p in pairs)} → {', '.join(p[1] for p in pairs)}"
+        )
+    if rule == "auto":
+        return text + " → " + "; ".join(entries)
+    return text + f" → LR ×{factors[0]:.2f}: " + "; ".join(entries)
