@@ -29,6 +29,7 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import math
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist import MNISTConvNet, MNISTDataModule  # noqa: E402
+from mnist import MNISTConvNet, MNISTDataModule, MNISTNotFoundError  # noqa: E402
 
 from lightning_lrbs import BatchScalingCallback  # noqa: E402
 
@@ -315,6 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _sweep_environment(threads: int) -> Iterator[None]:
+    """Use ``threads`` torch threads and silence Lightning's per-Trainer info lines; restore both afterwards."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
+            warnings.filterwarnings("ignore", ".*LR factor is 1.*")  # rule none, and the base run: expected here
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep and write the CSV, figure and table.
 
@@ -324,19 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 when MNIST is missing and cannot be downloaded.
     """
-    from mnist import MNISTNotFoundError
-
     args = build_parser().parse_args(argv)
     if any(k < 1 for k in args.ks):
         raise SystemExit(f"error: every k must be >= 1: {args.ks}")
     ks = [k for k in dict.fromkeys(args.ks) if k != 1]
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
         "base_batch_size": args.base_batch_size,
         "lr": args.lr,
@@ -351,26 +365,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     plan = [("base", 1)] + [(rule, k) for rule in args.rules for k in ks]
     results: list[RunResult] = []
-    start = time.perf_counter()
-    try:
-        for i, (rule, k) in enumerate(plan, 1):
-            run = train_run(rule, k, **common)
-            results.append(run)
-            acc = f"{run.test[-1][3]:.4f}" if run.test else "n/a"
-            print(
-                f"[{i}/{len(plan)}] rule={rule} k={k} batch={run.batch_size} lr={run.lr:.4g}: "
-                f"final test acc {acc}, {run.seconds:.0f} s | {run.summary}",
-                flush=True,
-            )
-    except MNISTNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    wall = time.perf_counter() - start
-    size = results[0].n_train
-    command = shlex.join(["python", "examples/scaling_sweep.py", *(sys.argv[1:] if argv is None else argv)])
-    write_csv(results, out / "curves.csv", size)
-    plot(results, args.rules, out / "scaling.png", size, args.base_batch_size, args.lr)
-    write_table(results, args.rules, out / "table.md", command, wall, torch.get_num_threads())
+    with _sweep_environment(args.threads):
+        start = time.perf_counter()
+        try:
+            for i, (rule, k) in enumerate(plan, 1):
+                run = train_run(rule, k, **common)
+                results.append(run)
+                acc = f"{run.test[-1][3]:.4f}" if run.test else "n/a"
+                print(
+                    f"[{i}/{len(plan)}] rule={rule} k={k} batch={run.batch_size} lr={run.lr:.4g}: "
+                    f"final test acc {acc}, {run.seconds:.0f} s | {run.summary}",
+                    flush=True,
+                )
+        except MNISTNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        wall = time.perf_counter() - start
+        size = results[0].n_train
+        command = shlex.join(["python", "examples/scaling_sweep.py", *(sys.argv[1:] if argv is None else argv)])
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(results, out / "curves.csv", size)
+        plot(results, args.rules, out / "scaling.png", size, args.base_batch_size, args.lr)
+        write_table(results, args.rules, out / "table.md", command, wall, args.threads)
     print(f"wrote {out / 'curves.csv'}, {out / 'scaling.png'}, {out / 'table.md'} ({wall:.0f} s)")
     return 0
 
