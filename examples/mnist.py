@@ -131,7 +131,7 @@ def download_mnist(data_dir: str | Path) -> None:
     Raises:
         MNISTNotFoundError: The download failed (no network, mirror unreachable, folder not writable).
     """
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # type: ignore[import-untyped]
 
     try:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def load_mnist(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.
     paths = find_mnist_files(data_dir)
     if paths is None:
         raise MNISTNotFoundError(data_dir, "the files are not there")
-    return _load_normalized(tuple(p.resolve() for p in paths))  # type: ignore[arg-type]
+    return _load_normalized(tuple(p.resolve() for p in paths))
 
 
 class MNISTConvNet(pl.LightningModule):
@@ -190,6 +190,8 @@ class MNISTConvNet(pl.LightningModule):
     def __init__(self, lr: float = 0.001, momentum: float = 0.0, channels: int = 32, dropout: float = 0.25) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.lr = lr
+        self.momentum = momentum
         self.net = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3),
             nn.ReLU(),
@@ -217,7 +219,7 @@ class MNISTConvNet(pl.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
         self.log("val_acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -225,12 +227,12 @@ class MNISTConvNet(pl.LightningModule):
         x, y = batch
         logits = self(x)
         self.test_acc(logits, y)
-        self.log("test_loss", F.cross_entropy(logits, y))
+        self.log("test_loss", F.cross_entropy(logits, y), sync_dist=True)
         self.log("test_acc", self.test_acc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Plain SGD (with optional momentum) at the unscaled ``lr``."""
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -391,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup_epochs=args.warmup_epochs,
         warmup_start_factor=args.warmup_start_factor,
     )
+    logger = CSVLogger(args.log_dir, name="mnist")
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
@@ -399,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         strategy=args.strategy,
         accumulate_grad_batches=args.accumulate_grad_batches,
         callbacks=[scaling],
-        logger=CSVLogger(args.log_dir, name="mnist"),
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=not args.no_progress_bar,
         limit_val_batches=1.0 if args.val_size > 0 else 0,
@@ -416,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(scaling.summary)
         print(
             f"test accuracy: {results[0]['test_acc']:.4f} (test loss {results[0]['test_loss']:.4f}, "
-            f"{args.epochs} epoch(s), {time.perf_counter() - start:.0f} s, logs in {trainer.logger.log_dir})"
+            f"{args.epochs} epoch(s), {time.perf_counter() - start:.0f} s, logs in {logger.log_dir})"
         )
     return 0
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -157,7 +158,8 @@ def train_run(
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = MNISTConvNet(lr=lr, momentum=momentum)
-    scaling = BatchScalingCallback(base_batch_size=base_batch_size, rule="none" if rule == "base" else rule)
+    scaling_rule: Any = "none" if rule == "base" else rule  # a name checked by argparse's choices
+    scaling = BatchScalingCallback(base_batch_size=base_batch_size, rule=scaling_rule)
     recorder = SampleLossRecorder(log_every_samples)
     with tempfile.TemporaryDirectory(prefix="lrbs-sweep-") as root:
         trainer = pl.Trainer(
@@ -182,7 +184,7 @@ def train_run(
         k=k,
         batch_size=batch_size,
         lr=float(trainer.optimizers[0].param_groups[0]["lr"]),
-        scale_factor=float(scaling.scale_factor),
+        scale_factor=scaling.scale_factors[0],
         summary=scaling.summary,
         train=recorder.train,
         test=recorder.test,
@@ -288,7 +290,7 @@ def write_table(
         f"Command: `{command}`",
         "",
         f"Wall time: {wall_seconds:.0f} s for {len(results)} runs ({platform.machine()}, {os.cpu_count()} CPU cores "
-        f"visible, torch threads {threads}, torch {torch.__version__}, lightning {pl.__version__}).",
+        f"visible, torch threads {threads}, torch {torch.__version__}, lightning {lightning.__version__}).",
         "",
     ]
     path.write_text("\n".join(lines))
