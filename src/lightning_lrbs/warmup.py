@@ -23,6 +23,7 @@ several times), and a step that never runs (``GradScaler`` skipping it for inf/n
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -115,7 +116,7 @@ class LinearWarmup:
         >>> for _ in range(5):
         ...     opt.step()
         >>> seen, opt.param_groups[0]["lr"]
-        ([0.2, 0.35000000000000003, 0.5, 0.6500000000000001, 0.8], 0.8)
+        ([0.2, 0.35000000000000003, 0.5, 0.65, 0.8], 0.8)
         >>> warmup.remove()
     """
 
@@ -136,6 +137,8 @@ class LinearWarmup:
         self.steps = [0] * len(self.optimizers)
         # Per optimizer: the (group, scheduled lr) pairs taken out by the pre-hook and not yet put back.
         self._pending: list[list[tuple[dict[str, Any], Any]] | None] = [None] * len(self.optimizers)
+        self._last_step: list[int | None] = [None] * len(self.optimizers)  # t of each optimizer's previous step
+        self._warned_stuck = False
         self._handles: list[RemovableHandle] = []
         for index, optimizer in enumerate(self.optimizers):
             self._handles.append(optimizer.register_step_pre_hook(self._make_pre_hook(index)))
@@ -154,7 +157,19 @@ class LinearWarmup:
         def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             if self._pending[index] is not None:  # already applied for this step
                 return
-            w = self.factor(index)
+            t = self.step(index)
+            w = self.factor(index, t)
+            if w != 1.0 and t == self._last_step[index] and not self._warned_stuck:
+                self._warned_stuck = True
+                warnings.warn(
+                    f"LinearWarmup: optimizer {index} ({type(optimizer).__name__}) stepped twice at warmup step {t}: "
+                    "`step_fn` does not count its steps, so the warmup is stuck at the factor "
+                    f"{w:.4g}. In Lightning manual optimization, step through `self.optimizers()`, not the raw torch "
+                    "optimizer",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self._last_step[index] = t
             if w == 1.0:
                 return
             pending: list[tuple[dict[str, Any], Any]] = []
