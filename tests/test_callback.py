@@ -323,3 +323,8 @@ def test_learning_rate_monitor_sees_the_scaled_lr(tmp_path: Path) -> None:
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         first = next(float(row["lr-SGD/pg1"]) for row in csv.DictReader(f) if row.get("lr-SGD/pg1"))
     assert first == pytest.approx(4 * LR)
+
+
+def test_warmup_start_factor_without_length_warns() -> None:
+    with pytest.warns(RuntimeWarning, match=r"`warmup_start_factor=0.5` has no effect without `warmup_steps`"):
+        BatchScalingCallback(warmup_start_factor=0.5)

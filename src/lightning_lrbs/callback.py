@@ -106,6 +106,12 @@ class BatchScalingCallback(pl.Callback):
         self.warmup_start_factor = (
             None if warmup_start_factor is None else check_start_factor(warmup_start_factor, "warmup_start_factor")
         )
+        if self.warmup_start_factor is not None and not (self.warmup_steps or self.warmup_epochs):
+            self._pl.utilities.rank_zero.rank_zero_warn(
+                f"`warmup_start_factor={warmup_start_factor!r}` has no effect without `warmup_steps` or "
+                "`warmup_epochs`",
+                category=RuntimeWarning,
+            )
         self.log_lr = bool(log_lr)
         self._reset()
 
