@@ -1,5 +1,6 @@
 # lightning-lrbs: every target sets up what it needs on a fresh machine.
 #   make test   - the whole test suite against the installed wheel (what CI runs)
+#   make test-oldest - the fast tests against the oldest lightning / pytorch-lightning / jsonargparse we declare
 #   make demo   - train the MNIST CNN with BatchScalingCallback
 #   make lint   - ruff + mypy --strict
 #   make bench  - benchmarks (not part of make test)
@@ -10,8 +11,19 @@ BIN := $(VENV)/bin
 # Real MNIST: the read-only copy beside the checkout when there is one, else ./data (downloaded on first use).
 DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw/train-images-idx3-ubyte.gz),../shared/data,data)
 PYTEST_ARGS ?=
+# The oldest releases pyproject.toml declares (tests/test_package.py checks the two agree). The oldest environment
+# installs only these over the dev venv, whose packages (torch included) it reuses through a .pth file.
+VENV_OLDEST ?= .venv-oldest
+LIGHTNING_OLDEST ?= 2.1.0
+JSONARGPARSE_OLDEST ?= 4.27.7
+# Lightning < 2.5 replays the batch after which a mid-epoch checkpoint was saved (one extra optimizer step on resume);
+# these tests compare whole LR sequences with an uninterrupted run, so they hold from 2.5 on only.
+OLDEST_DESELECT := \
+	tests/test_callback.py::TestResume::test_interrupted_and_resumed_equals_uninterrupted \
+	tests/test_callback.py::TestResume::test_resume_with_more_accumulation_rescales_by_the_ratio \
+	tests/test_warmup.py::TestResume::test_resumed_mid_warmup_equals_uninterrupted
 
-.PHONY: venv install test lint demo sweep bench clean
+.PHONY: venv install test test-oldest lint demo sweep bench clean
 
 venv: $(VENV)/.deps
 
@@ -28,8 +40,26 @@ install: venv
 	$(BIN)/python -m build --quiet --outdir dist . >/dev/null
 	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall dist/*.whl
 
+# From tests/ with --import-mode=importlib, src/ is never on sys.path; LRBS_EXPECT_INSTALLED=1 makes
+# tests/test_package.py fail if lightning_lrbs was imported from anywhere but the installed wheel.
 test: install
-	cd tests && ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) . ../README.md --pyargs lightning_lrbs
+	cd tests && LRBS_EXPECT_INSTALLED=1 ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) \
+		. ../README.md --pyargs lightning_lrbs
+
+$(VENV_OLDEST)/.deps: $(VENV)/.deps Makefile
+	test -x $(VENV_OLDEST)/bin/python || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(BIN)/python -c 'import sysconfig; print(*sorted(set(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))), sep="\n")' \
+		> "$$($(VENV_OLDEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_lrbs_reuse_dev_venv.pth"
+	$(VENV_OLDEST)/bin/python -m pip install --quiet --disable-pip-version-check \
+		"lightning==$(LIGHTNING_OLDEST)" "pytorch-lightning==$(LIGHTNING_OLDEST)" \
+		"jsonargparse[signatures]==$(JSONARGPARSE_OLDEST)" "setuptools<81" requests
+	touch $@
+
+# The wheel comes from the dev venv (through the .pth); the oldest releases installed in $(VENV_OLDEST) shadow the
+# newer ones there. Lightning 2.1 needs pkg_resources (setuptools < 81) and its demos import requests.
+test-oldest: install $(VENV_OLDEST)/.deps
+	cd tests && LRBS_EXPECT_INSTALLED=1 LRBS_EXPECT_OLDEST=1 ../$(VENV_OLDEST)/bin/python -m pytest -c ../pyproject.toml \
+		--rootdir .. -m "not slow" $(addprefix --deselect ,$(OLDEST_DESELECT)) $(PYTEST_ARGS) . --pyargs lightning_lrbs
 
 lint: venv
 	$(BIN)/ruff check src tests examples
@@ -40,4 +70,4 @@ demo: install
 	$(BIN)/python examples/mnist.py --data-dir $(DATA_DIR)
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache

@@ -212,7 +212,7 @@ def test_pytorch_lightning_cli_takes_only_its_namespace(capsys: pytest.CaptureFi
     assert trainer.callbacks[0].rule == "sqrt"
     with pytest.raises(SystemExit):
         cli("lightning_lrbs.BatchScalingCallback")
-    assert "does not correspond to a subclass of Callback" in capsys.readouterr().err
+    assert "Import path does not correspond to a subclass of" in capsys.readouterr().err
 
 
 def test_import_error_names_the_package() -> None:
