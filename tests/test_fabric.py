@@ -159,25 +159,50 @@ class TestValidation:
             scale_for_batch([], per_device_batch_size=8)
 
 
-def test_fabric_single_process_wrapped_optimizer(tmp_path: Path) -> None:
-    """The optimizer ``fabric.setup`` returns is accepted, with schedulers built on the original optimizer."""
-    from lightning.fabric import Fabric
+class TestFabricWrappedOptimizer:
+    """``fabric.setup`` returns a wrapper sharing the optimizer's param groups; schedulers may be built on either."""
 
-    fabric = Fabric(accelerator="cpu", devices=1)
-    model = torch.nn.Linear(2, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = _cosine(optimizer)
-    model, fabric_optimizer = fabric.setup(model, optimizer)
-    result = scale_for_batch(
-        fabric_optimizer, scheduler, per_device_batch_size=4, world_size=fabric.world_size, accumulation=2
-    )
-    assert result.scale_factor == 2.0
-    assert scheduler.base_lrs == [pytest.approx(0.2)]
-    used: list[float] = []
-    fabric_optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
-    fabric.backward(model(torch.ones(4, 2)).sum())
-    fabric_optimizer.step()
-    assert used == [pytest.approx(0.2)]
+    @pytest.mark.parametrize("scheduler_on", ["optimizer", "wrapper"])
+    @pytest.mark.parametrize("given", ["optimizer", "wrapper"])
+    def test_accepted_either_way(self, scheduler_on: str, given: str) -> None:
+        from lightning.fabric import Fabric
+
+        fabric = Fabric(accelerator="cpu", devices=1)
+        model = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, wrapper = fabric.setup(model, optimizer)
+        scheduler = _cosine(optimizer if scheduler_on == "optimizer" else wrapper)
+        result = scale_for_batch(
+            optimizer if given == "optimizer" else wrapper,
+            scheduler,
+            per_device_batch_size=4,
+            world_size=fabric.world_size,
+            accumulation=2,
+            warmup_steps=2,
+        )
+        assert result.scale_factor == 2.0
+        assert scheduler.base_lrs == [pytest.approx(0.2)]
+        assert scheduler.eta_min == pytest.approx(0.02)
+        used: list[float] = []
+        wrapper.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+        for _ in range(3):
+            fabric.backward(model(torch.ones(4, 2)).sum())
+            wrapper.step()
+            wrapper.zero_grad()
+            scheduler.step()
+        fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+        scheduled = _run(fresh, _cosine(fresh, eta_min=0.02), 3)
+        assert used == pytest.approx([lr * warmup_factor(t, 2, 0.5) for t, lr in enumerate(scheduled)])
+
+    def test_schedulers_on_both_is_refused(self) -> None:
+        from lightning.fabric import Fabric
+
+        fabric = Fabric(accelerator="cpu", devices=1)
+        optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        _, wrapper = fabric.setup(torch.nn.Linear(2, 1), optimizer)
+        with pytest.raises(ValueError, match="built on both the optimizer and the wrapper"):
+            scale_for_batch(wrapper, [_cosine(optimizer), _cosine(wrapper)], per_device_batch_size=4, world_size=2)
+        assert optimizer.param_groups[0]["lr"] == 0.1
 
 
 @pytest.mark.slow

@@ -73,15 +73,42 @@ class ScalingResult:
         return self.scale_factors
 
 
-def _unwrap(optimizer: object) -> Optimizer:
-    """The torch optimizer behind a Fabric (``fabric.setup``) or Lightning wrapper, or the optimizer itself."""
+def _inner(optimizer: Any) -> Any:
+    """The torch optimizer behind a Fabric (``fabric.setup``) or Lightning wrapper, or ``optimizer`` itself."""
     for attribute in ("optimizer", "_optimizer"):
         inner = getattr(optimizer, attribute, None)
         if isinstance(inner, Optimizer):
             return inner
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"`optimizers` must hold torch.optim.Optimizer instances, got {type(optimizer).__name__}")
     return optimizer
+
+
+def _unwrap(optimizer: object) -> Optimizer:
+    inner = _inner(optimizer)
+    if not isinstance(inner, Optimizer):
+        raise TypeError(f"`optimizers` must hold torch.optim.Optimizer instances, got {type(optimizer).__name__}")
+    return inner
+
+
+def _scheduler_owners(optimizers: list[Optimizer], schedulers: list[Any]) -> list[Optimizer]:
+    """For each optimizer, the object its schedulers were built on: the optimizer, or the wrapper ``fabric.setup``
+    returned (which shares its param groups). :func:`~lightning_lrbs.rescale.rescale_` matches schedulers to
+    optimizers by identity, so it must be handed that object."""
+    owners: dict[int, list[Any]] = {id(o): [] for o in optimizers}
+    for scheduler in schedulers:
+        owner = getattr(scheduler, "optimizer", None)
+        objects = owners.get(id(_inner(owner)))
+        if objects is not None and all(owner is not o for o in objects):
+            objects.append(owner)
+    chosen = []
+    for optimizer in optimizers:
+        objects = owners[id(optimizer)]
+        if len(objects) > 1:
+            raise ValueError(
+                f"the schedulers of {type(optimizer).__name__} were built on both the optimizer and the wrapper "
+                "`fabric.setup` returned for it: build them all on one of the two"
+            )
+        chosen.append(objects[0] if objects else optimizer)
+    return chosen
 
 
 def scale_for_batch(
@@ -109,9 +136,9 @@ def scale_for_batch(
     resume on another world size, rescale by ``new / old`` factor with :func:`~lightning_lrbs.rescale.rescale_`.
 
     Args:
-        optimizers: One optimizer or a sequence of them; optimizers returned by ``fabric.setup`` are accepted.
-        schedulers: One scheduler or an iterable of them, built on those optimizers (``ReduceLROnPlateau``,
-            ``SequentialLR`` and ``ChainedScheduler`` included).
+        optimizers: One optimizer or a sequence of them; the wrappers ``fabric.setup`` returns are accepted.
+        schedulers: One scheduler or an iterable of them, built on those optimizers or their ``fabric.setup``
+            wrappers (``ReduceLROnPlateau``, ``SequentialLR`` and ``ChainedScheduler`` included).
         per_device_batch_size: The batch size :math:`b` each rank feeds per forward pass, or one size per rank.
         world_size: Number of ranks (``fabric.world_size``) when ``per_device_batch_size`` is a single int.
         accumulation: Gradient-accumulation steps :math:`A` (forward passes per optimizer step).
@@ -132,7 +159,8 @@ def scale_for_batch(
     Raises:
         ValueError: If a size is not a positive int, ``per_device_batch_size`` lists a number of ranks other than
             ``world_size``, the rule is unknown or returns a non-finite or non-positive factor, a warmup argument is
-            out of range, or a scheduler belongs to an optimizer that is not given. Nothing is changed then.
+            out of range, or a scheduler belongs to an optimizer that is not given (or one optimizer's schedulers
+            were built on both it and its ``fabric.setup`` wrapper). Nothing is changed then.
         TypeError: If ``optimizers`` holds something that is not an optimizer.
 
     Example::
@@ -183,7 +211,9 @@ def scale_for_batch(
     rules = [rule_name(resolve_rule(rule, o)) for o in optimizer_list]
     before = [_group_lrs(o) for o in optimizer_list]
 
-    rescale_(optimizer_list, scheduler_list, factors)  # checks the schedulers' optimizers before changing anything
+    owners = _scheduler_owners(optimizer_list, scheduler_list)
+
+    rescale_(owners, scheduler_list, factors)  # checks the schedulers' optimizers before changing anything
 
     warmup = None
     starts = [start_factor if start_factor is not None else (1.0 / f if f > 1.0 else 0.0) for f in factors]
