@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gc
 import logging
 import math
 import os
@@ -373,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, (rule, k) in enumerate(plan, 1):
                 run = train_run(rule, k, **common)
                 results.append(run)
+                gc.collect()  # free the finished Trainer and its data copy before the next run
                 acc = f"{run.test[-1][3]:.4f}" if run.test else "n/a"
                 print(
                     f"[{i}/{len(plan)}] rule={rule} k={k} batch={run.batch_size} lr={run.lr:.4g}: "
