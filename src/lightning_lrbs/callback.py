@@ -32,7 +32,8 @@ from typing_extensions import override
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
 from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
 from lightning_lrbs.rules import Rule, is_adaptive, resolve_rule, rule_name, scale_factor, validate_rule
-from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps
+from lightning_lrbs.summary import describe_scaling
+from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
 
 __all__ = ["BatchScalingCallback"]
 
@@ -321,7 +322,23 @@ class BatchScalingCallback(pl.Callback):
         if first:
             self._start_warmup(trainer, optimizers, targets, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
-        self.summary = self._summary(trainer, optimizers, targets, applied, previous is not None and first)
+        self.summary = describe_scaling(
+            effective,
+            per_rank,
+            accumulation,
+            base,
+            self.rule,
+            optimizers,
+            targets,
+            devices=trainer.num_devices,
+            nodes=trainer.num_nodes,
+            warmup_steps=self._resolved_warmup or 0,
+            start_factors=self._start_factors or (),
+        )
+        if previous is not None and first:  # resumed from a checkpoint that holds scaled LRs
+            rescaled = any(a != t for a, t in zip(applied, targets))
+            applied_text = "/".join(f"{a:.2f}" for a in applied)
+            self.summary += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
         if first:
@@ -349,7 +366,7 @@ class BatchScalingCallback(pl.Callback):
             if self.warmup_start_factor is not None:
                 self._start_factors = [self.warmup_start_factor] * len(optimizers)
             else:
-                self._start_factors = [1.0 / f if f > 1.0 else 0.0 for f in targets]
+                self._start_factors = [default_start_factor(f) for f in targets]
         if self._resolved_warmup > 0:
             self._warmup = LinearWarmup(
                 optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: trainer.global_step
@@ -404,49 +421,6 @@ class BatchScalingCallback(pl.Callback):
         step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", trainer.global_step)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-
-    def _summary(
-        self,
-        trainer: Any,
-        optimizers: list[torch.optim.Optimizer],
-        targets: list[float],
-        applied: list[float],
-        resumed: bool,
-    ) -> str:
-        per_rank, accumulation = self._per_rank or [0], self._accumulation or 1
-        if all(b == per_rank[0] for b in per_rank):
-            parts = [f"{per_rank[0]} per device"]
-            if trainer.num_devices > 1 or trainer.num_nodes > 1:
-                parts.append(f"{trainer.num_devices} device{'s' if trainer.num_devices != 1 else ''}")
-            if trainer.num_nodes > 1:
-                parts.append(f"{trainer.num_nodes} nodes")
-        else:
-            parts = ["(" + " + ".join(str(b) for b in per_rank) + ") over ranks"]
-        if accumulation > 1:
-            parts.append(f"{accumulation} accumulation")
-        text = f"effective batch {self._effective} = {' × '.join(parts)}; base {self._base}"
-        text += f"; rule {rule_name(self.rule)}"
-        entries = []
-        for optimizer, target, rule in zip(optimizers, targets, self._rules):
-            before, after = [], []
-            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
-                now = float(group.get("initial_lr", group["lr"]))
-                after.append(f"{now:.4g}" if active else f"{now:.4g} (kept)")
-                before.append(f"{now / target:.4g}" if active else f"{now:.4g}")
-            how = f"{rule} ×{target:.2f}: " if self.rule == "auto" else ""
-            entries.append(f"{type(optimizer).__name__} {how}{', '.join(before)} → {', '.join(after)}")
-        if self.rule == "auto":
-            text += " → " + "; ".join(entries)
-        else:
-            text += f" → LR ×{targets[0]:.2f}: " + "; ".join(entries)
-        if resumed and any(a != t for a, t in zip(applied, targets)):
-            text += " (resumed at ×" + "/".join(f"{a:.2f}" for a in applied) + ", rescaled)"
-        elif resumed:
-            text += " (resumed, already scaled)"
-        if self._resolved_warmup and self._start_factors is not None:
-            starts = "/".join(f"×{s:.3g}" for s in dict.fromkeys(self._start_factors))
-            text += f"; warmup {self._resolved_warmup} steps from {starts}"
-        return text
 
     def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float], rules: list[str]) -> None:
         warn = self._pl.utilities.rank_zero.rank_zero_warn

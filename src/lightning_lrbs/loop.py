@@ -38,9 +38,10 @@ from typing import Any
 from torch.optim import Optimizer
 
 from lightning_lrbs.batch import check_positive_int, effective_batch_size
-from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
+from lightning_lrbs.rescale import flatten_schedulers, rescale_
 from lightning_lrbs.rules import Rule, resolve_rule, rule_name, scale_factor, validate_rule
-from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps
+from lightning_lrbs.summary import describe_scaling
+from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
 
 __all__ = ["ScalingResult", "scale_for_batch"]
 
@@ -209,60 +210,25 @@ def scale_for_batch(
     ratio = effective / base
     factors = [scale_factor(ratio, rule, o) for o in optimizer_list]
     rules = [rule_name(resolve_rule(rule, o)) for o in optimizer_list]
-    before = [_group_lrs(o) for o in optimizer_list]
 
     owners = _scheduler_owners(optimizer_list, scheduler_list)
 
     rescale_(owners, scheduler_list, factors)  # checks the schedulers' optimizers before changing anything
 
     warmup = None
-    starts = [start_factor if start_factor is not None else (1.0 / f if f > 1.0 else 0.0) for f in factors]
+    starts = [start_factor if start_factor is not None else default_start_factor(f) for f in factors]
     if warmup_steps > 0:
         warmup = LinearWarmup(optimizer_list, warmup_steps, starts)
-    summary = _summary(
-        effective, per_device_sizes or [first], world_size, accumulation, base, rule, optimizer_list, before, factors
+    summary = describe_scaling(
+        effective,
+        per_device_sizes or [first],
+        accumulation,
+        base,
+        rule,
+        optimizer_list,
+        factors,
+        devices=world_size if per_device_sizes is None else len(per_device_sizes),
+        warmup_steps=warmup_steps,
+        start_factors=starts,
     )
-    if warmup is not None:
-        summary += f"; warmup {warmup_steps} steps from " + "/".join(f"×{s:.3g}" for s in dict.fromkeys(starts))
     return ScalingResult(effective, base, tuple(factors), tuple(rules), warmup, summary)
-
-
-def _group_lrs(optimizer: Optimizer) -> list[float]:
-    return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
-
-
-def _summary(
-    effective: int,
-    per_rank: list[int],
-    world_size: int,
-    accumulation: int,
-    base: int,
-    rule: Rule,
-    optimizers: list[Optimizer],
-    before: list[list[float]],
-    factors: list[float],
-) -> str:
-    if len(per_rank) == 1:
-        parts = [f"{per_rank[0]} per device"]
-        if world_size > 1:
-            parts.append(f"{world_size} devices")
-    elif all(b == per_rank[0] for b in per_rank):
-        parts = [f"{per_rank[0]} per device", f"{len(per_rank)} devices"]
-    else:
-        parts = ["(" + " + ".join(str(b) for b in per_rank) + ") over ranks"]
-    if accumulation > 1:
-        parts.append(f"{accumulation} accumulation")
-    text = f"effective batch {effective} = {' × '.join(parts)}; base {base}; rule {rule_name(rule)}"
-    entries = []
-    for optimizer, lrs, factor in zip(optimizers, before, factors):
-        pairs = [
-            (f"{lr:.4g}", f"{lr * factor:.4g}") if active else (f"{lr:.4g}", f"{lr:.4g} (kept)")
-            for lr, active in zip(lrs, scalable_groups(optimizer))
-        ]
-        how = f"{rule_name(resolve_rule(rule, optimizer))} ×{factor:.2f}: " if rule == "auto" else ""
-        entries.append(
-            f"{type(optimizer).__name__} {how}{', '.join(p[0] for p in pairs)} → {', '.join(p[1] for p in pairs)}"
-        )
-    if rule == "auto":
-        return text + " → " + "; ".join(entries)
-    return text + f" → LR ×{factors[0]:.2f}: " + "; ".join(entries)

@@ -33,7 +33,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_lrbs.rescale import scalable_groups
 
-__all__ = ["LinearWarmup", "check_start_factor", "check_warmup_steps", "warmup_factor"]
+__all__ = ["LinearWarmup", "check_start_factor", "check_warmup_steps", "default_start_factor", "warmup_factor"]
 
 
 def check_warmup_steps(warmup_steps: object, name: str = "warmup_steps") -> int:
@@ -69,6 +69,18 @@ def check_start_factor(start_factor: object, name: str = "warmup_start_factor") 
     ):
         raise ValueError(f"`{name}` must be in [0, 1], got {start_factor!r}")
     return float(start_factor)
+
+
+def default_start_factor(scale_factor: float) -> float:
+    r"""The warmup start factor that starts from the unscaled LR: :math:`s = 1/f` (Goyal et al.; Horovod), or 0 when
+    :math:`f \le 1` (no smaller LR to start from: a plain warmup from zero).
+
+    Example::
+
+        >>> default_start_factor(8.0), default_start_factor(1.0)
+        (0.125, 0.0)
+    """
+    return 1.0 / scale_factor if scale_factor > 1.0 else 0.0
 
 
 def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
