@@ -1,0 +1,116 @@
+"""Run every benchmark, each in a fresh process, and write ``docs/benchmarks.md`` from their results.
+
+1. ``overhead.py``: per-step wall time with and without ``BatchScalingCallback``, and its hooks alone.
+2. ``time_to_accuracy.py``: wall time and epochs to 97% test accuracy, base batch 8 against batches 64 and 256.
+3. ``large_batch.py``: batches 512 and 1024 under the rules none / sqrt / linear / linear + warmup.
+
+Each writes its CSVs, a markdown fragment (and ``large_batch.png``) into ``--out-dir``; this script joins the fragments
+under a header, with ``notes.md`` from the same folder (the hand-written reading of the published run) when present.
+
+Run (from the repository root; ``make bench`` does this with the installed wheel)::
+
+    python benchmarks/run_all.py --data-dir ../shared/data     # about 40 minutes on 2 CPU cores
+    python benchmarks/run_all.py --quick                       # tiny settings into a temporary folder (~3 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from lrbs_bench import OUT_DIR, ROOT, default_data_dir
+
+HERE = Path(__file__).resolve().parent
+
+#: Settings of ``--quick``: enough to run every code path, nothing worth publishing.
+QUICK = {
+    "overhead.py": ["--rounds", "1", "--scale", "0.05", "--warmup", "20", "--number", "50"],
+    "time_to_accuracy.py": ["--seeds", "0", "--max-epochs", "1", "--train-smoke", "--eval-every", "3000"],
+    "large_batch.py": ["--seeds", "0", "--epochs", "1", "--train-smoke", "--eval-every", "3000"],
+}
+FRAGMENTS = ("overhead.md", "time_to_accuracy.md", "large_batch.md")
+
+
+def header(command: str, minutes: float | None) -> str:
+    """The top of ``docs/benchmarks.md``."""
+    return "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "What `BatchScalingCallback` costs per training step, and what scaling the learning rate with the batch "
+            "buys, measured on the MNIST CNN of `examples/mnist.py` (plain SGD) on real MNIST. Every section states "
+            "its machine, repeats, spread and exact command; the raw numbers are in `docs/benchmarks/*.csv`.",
+            "",
+            "Reproduce everything with `make bench` (or `python benchmarks/run_all.py`"
+            + (f"; `{command}` took {minutes:.0f} min" if minutes is not None else "")
+            + "). "
+            "Each part also runs alone: `python benchmarks/overhead.py`, `python benchmarks/time_to_accuracy.py`, "
+            "`python benchmarks/large_batch.py` (`--help` for the settings), followed by "
+            "`python benchmarks/run_all.py --assemble-only` to rebuild this page.",
+            "",
+        ]
+    )
+
+
+def assemble(out_dir: Path, doc: Path, command: str, minutes: float | None) -> None:
+    """Join the header, ``notes.md`` and the fragments into ``doc``."""
+    parts = [header(command, minutes)]
+    notes = out_dir / "notes.md"
+    if notes.is_file():
+        parts.append(notes.read_text())
+    for name in FRAGMENTS:
+        fragment = out_dir / name
+        if fragment.is_file():
+            text = fragment.read_text()
+            if doc.parent != out_dir.parent or out_dir.name != "benchmarks":
+                text = text.replace("](benchmarks/", f"]({out_dir.resolve()}/")
+            parts.append(text)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(parts))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the three benchmarks in order, then assemble the page.
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or that of the first benchmark that failed.
+    """
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out-dir", type=Path, default=None, help="CSVs, fragments, PNG (default docs/benchmarks)")
+    p.add_argument("--doc", type=Path, default=None, help="the page to write (default docs/benchmarks.md)")
+    p.add_argument("--quick", action="store_true", help="tiny settings, into a temporary folder unless given")
+    p.add_argument("--assemble-only", action="store_true", help="only rebuild the page from existing fragments")
+    args = p.parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = Path(tempfile.mkdtemp(prefix="lrbs-bench-")) if args.quick else OUT_DIR
+    if args.doc is None:
+        args.doc = args.out_dir / "benchmarks.md" if args.quick else ROOT / "docs" / "benchmarks.md"
+    command = "python benchmarks/run_all.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    started = time.perf_counter()
+    if not args.assemble_only:
+        for script in ("overhead.py", "time_to_accuracy.py", "large_batch.py"):
+            cmd = [sys.executable, str(HERE / script), "--data-dir", str(args.data_dir), "--out-dir", str(args.out_dir)]
+            cmd += QUICK[script] if args.quick else []
+            print(f"\n=== {shlex.join(cmd)}", flush=True)
+            code = subprocess.call(cmd)  # noqa: S603 - our own scripts, run with this interpreter
+            if code:
+                print(f"{script} failed with exit status {code}", file=sys.stderr)
+                return code
+    minutes = None if args.assemble_only else (time.perf_counter() - started) / 60
+    assemble(args.out_dir, args.doc, command.strip(), minutes)
+    print(f"\nwrote {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
