@@ -187,8 +187,8 @@ class Setting:
 
 SETTINGS = (
     Setting("1 optimizer, batch 8", 8, steps=1500),
-    Setting("1 optimizer, batch 64", 64, steps=400),
-    Setting("2 optimizers × 4 groups + OneCycleLR, batch 64", 64, steps=400, two_optimizers=True),
+    Setting("1 optimizer, batch 64", 64, steps=300),
+    Setting("2 optimizers × 4 groups + OneCycleLR, batch 64", 64, steps=300, two_optimizers=True),
 )
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "no callback": None,

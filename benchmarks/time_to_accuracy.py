@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "epochs_trained": last["epochs"],
                 "train_seconds": tracker.train_seconds,
                 "best_accuracy": max((pt["test_accuracy"] for pt in tracker.points), default=float("nan")),
+                "samples_per_second": tracker.samples / tracker.train_seconds if tracker.train_seconds else 0.0,
             }
             rows.append(row)
             curves += [{"seed": seed, "variant": name, "batch_size": batch, **pt} for pt in tracker.points]
@@ -172,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             secs = f"> {min(r['train_seconds'] for r in group):.0f}"
             t_ratio = e_ratio = "–"
             seen = f"0/{len(group)}"
-        table.append([name, batch, lr, seen, epochs, secs, e_ratio, t_ratio])
+        speed = _fmt_range([r["samples_per_second"] for r in group], ".0f")
+        table.append([name, batch, lr, seen, epochs, secs, e_ratio, t_ratio, speed])
     headers = [
         "run",
         "batch",
@@ -182,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train wall time to target (s)",
         "epochs / base",
         "wall time / base",
+        "training samples/s",
     ]
     fragment = "\n".join(
         [
@@ -193,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"after {args.max_epochs} epochs. Warmup variants: `warmup_epochs={args.warmup_epochs}` (linear from the "
             f"unscaled LR). Seeds {', '.join(map(str, args.seeds))} ({len(args.seeds)} repeats, same seed → same "
             "initial weights and data order for every batch size); cells show the median [min–max] over the seeds "
-            "that reached the target; ratios are per seed, to the base run of the same seed.",
+            "that reached the target; ratios are per seed, to the base run of the same seed. Training samples/s: "
+            "samples over training wall time of the whole run (all seeds).",
             "",
             markdown_table(headers, table),
             "",
