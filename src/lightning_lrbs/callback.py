@@ -31,7 +31,7 @@ from typing_extensions import override
 
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
 from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
-from lightning_lrbs.rules import Rule, is_adaptive, resolve_rule, rule_name, scale_factor, validate_rule
+from lightning_lrbs.rules import Rule, is_adaptive, rule_name, scale_factor, validate_rule
 from lightning_lrbs.summary import describe_scaling
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
 
@@ -122,11 +122,9 @@ class BatchScalingCallback(pl.Callback):
         self._effective: int | None = None
         self._base: int | None = None
         self._factors: list[float] | None = None  # applied now, relative to the module's own LRs
-        self._rules: list[str] = []
         self._resolved_warmup: int | None = None  # warmup length in steps, fixed once (never restarted)
         self._start_factors: list[float] | None = None
         self._warmup: LinearWarmup | None = None
-        self._trainer: Any = None
         self._pending_batch = False
         self._lr_names: list[list[str]] = []
         self.summary = ""
@@ -179,7 +177,6 @@ class BatchScalingCallback(pl.Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trainer = trainer
         local = self._local_batch_size(trainer, batch=None)
         if local is None:
             self._pending_batch = True  # only the first batch tells; scale before its optimizer step
@@ -301,7 +298,6 @@ class BatchScalingCallback(pl.Callback):
         base = self.base_batch_size if self.base_batch_size is not None else per_rank[0]
         optimizers = list(trainer.optimizers)
         ratio = effective / base
-        rules = [rule_name(resolve_rule(self.rule, opt)) for opt in optimizers]
         targets = [scale_factor(ratio, self.rule, opt) for opt in optimizers]
         previous = self._factors
         if previous is not None and len(previous) != len(optimizers):
@@ -318,7 +314,7 @@ class BatchScalingCallback(pl.Callback):
         rescale_(optimizers, schedulers, relative)
 
         self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
-        self._factors, self._rules = targets, rules
+        self._factors = targets
         if first:
             self._start_warmup(trainer, optimizers, targets, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
@@ -342,7 +338,7 @@ class BatchScalingCallback(pl.Callback):
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
         if first:
-            self._warn(optimizers, targets, rules)
+            self._warn(optimizers, targets)
 
     def _warmup_length(self, trainer: Any) -> int:
         """The warmup length in optimizer steps: restored from a checkpoint (never recomputed), or resolved now."""
@@ -422,7 +418,7 @@ class BatchScalingCallback(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float], rules: list[str]) -> None:
+    def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
         warn = self._pl.utilities.rank_zero.rank_zero_warn
         if all(t == 1.0 for t in targets):
             warn(
