@@ -174,7 +174,9 @@ class TestExample:
             "--rule", "sqrt", "--accelerator", "cpu", "--devices", "1", "--no-progress-bar",
             "--log-dir", str(tmp_path),
         ]  # fmt: skip
+        threads = torch.get_num_threads()
         assert mnist.main(argv) == 0
+        assert torch.get_num_threads() == threads  # main restores what --threads changed
         out = capsys.readouterr().out.splitlines()
         assert out[-1].startswith("test accuracy: ")
         assert out[-2]  # the callback's summary line
