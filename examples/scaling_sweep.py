@@ -6,8 +6,9 @@ Trains the small MNIST CNN of ``mnist.py`` with plain SGD at a base batch size `
 trained once: every rule gives it the factor 1, so it is the common reference.
 
 Same seed and data order for every run: ``seed_everything(seed, workers=True)`` before each run gives identical initial
-weights, and the training loader shuffles with its own generator seeded with ``seed``, so every run sees the training
-images in the same order (epoch after epoch); only the grouping into batches differs.
+weights, and the training loader shuffles with ``mnist.EpochShuffleSampler`` (a permutation per epoch drawn from the
+seed and the epoch number), so every run sees the training images in the same order, epoch after epoch; only the
+grouping into batches differs.
 
 Training loss is recorded against samples seen: the mean training loss (dropout on, as SGD saw it) over each window of
 ``--log-every-samples`` samples, so all runs log at the same points (exactly when the window is a multiple of every
