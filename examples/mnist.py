@@ -137,7 +137,9 @@ def download_mnist(data_dir: str | Path) -> None:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         MNIST(str(data_dir), train=True, download=True)
     except (OSError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        # torchvision: "Error downloading <file>:" then, per mirror, "Tried <url>, got:" and the error; keep the ends
+        reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
         raise MNISTNotFoundError(data_dir, reason) from None
 
 
