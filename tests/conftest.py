@@ -19,3 +19,15 @@ import lightning.pytorch.plugins.precision as _precision  # noqa: E402
 
 if not hasattr(_precision, "MixedPrecision"):
     _precision.MixedPrecision = _precision.MixedPrecisionPlugin  # type: ignore[attr-defined]
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    """Tiny CPU fits run far faster on one thread than on two threads fighting over a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -328,3 +328,8 @@ def test_learning_rate_monitor_sees_the_scaled_lr(tmp_path: Path) -> None:
 def test_warmup_start_factor_without_length_warns() -> None:
     with pytest.warns(RuntimeWarning, match=r"`warmup_start_factor=0.5` has no effect without `warmup_steps`"):
         BatchScalingCallback(warmup_start_factor=0.5)
+
+
+def test_rule_none_does_not_warn_that_nothing_is_scaled(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    quiet_trainer(tmp_path, callbacks=[BatchScalingCallback(base_batch_size=2, rule="none")]).fit(LRModel())
+    assert not [w for w in recwarn if "nothing to scale" in str(w.message)]

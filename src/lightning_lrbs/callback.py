@@ -420,7 +420,7 @@ class BatchScalingCallback(pl.Callback):
 
     def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
         warn = self._pl.utilities.rank_zero.rank_zero_warn
-        if all(t == 1.0 for t in targets):
+        if self.rule != "none" and all(t == 1.0 for t in targets):
             warn(
                 f"{type(self).__name__}: the LR factor is 1 (effective batch {self._effective}, base {self._base}, "
                 f"rule {rule_name(self.rule)}): nothing to scale",
