@@ -69,5 +69,9 @@ lint: venv
 demo: install
 	$(BIN)/python examples/mnist.py --data-dir $(DATA_DIR)
 
+# The scaling experiment of docs/scaling/ (about 11 min on 2 CPU cores).
+sweep: install
+	$(BIN)/python examples/scaling_sweep.py --data-dir $(DATA_DIR) --output-dir docs/scaling
+
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache
