@@ -227,7 +227,7 @@ class TestFormula:
         assert rec.applied[0] == pytest.approx([0.3 * LR, 0.3 * LR / 2], rel=REL)
 
     def test_default_start_is_zero_when_factor_is_one(self, tmp_path: Path) -> None:
-        callback = BatchScalingCallback(rule="none", warmup_steps=4)
+        callback = BatchScalingCallback(warmup_steps=4)  # base = per-device batch: factor 1
         with pytest.warns(RuntimeWarning, match="factor is 1"):
             rec = run(tmp_path, WarmupModel(), callback, max_epochs=1)
         assert rec.applied[0] == [0.0, 0.0]
