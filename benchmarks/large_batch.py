@@ -10,6 +10,9 @@ Run (from the repository root)::
 
     python benchmarks/large_batch.py
     python benchmarks/large_batch.py --epochs 1 --train-smoke   # a quick check of the script
+    # beyond k = 128: where does the linear rule break, and does warmup rescue it?
+    python benchmarks/large_batch.py --batch-sizes 2048 4096 8192 --rules linear "linear + warmup" --seeds 0 \
+        --no-base --name large_batch_beyond
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def plot(curves: list[dict[str, Any]], batch_sizes: Sequence[int], base_batch: i
     for col, batch in enumerate(batch_sizes):
         acc_ax, loss_ax = axes[0][col], axes[1][col]
         lines = [(f"base (batch {base_batch})", "base", base_batch, "black")]
-        lines += [(rule, rule, batch, STYLES[rule]) for rule in RULES]
+        lines += [(rule, rule, batch, STYLES[rule]) for rule in RULES if any(c["variant"] == rule for c in curves)]
         for label, variant, b, color in lines:
             for i, seed in enumerate(seeds):
                 pts = [c for c in curves if c["variant"] == variant and c["batch_size"] == b and c["seed"] == seed]
@@ -112,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=15000, help="evaluate every this many training samples")
     p.add_argument("--warmup-epochs", type=float, default=0.5, help="warmup length of `linear + warmup`")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--rules", nargs="+", choices=list(RULES), default=list(RULES), help="rules to train")
     p.add_argument("--no-base", action="store_true", help="skip the base-batch reference runs")
+    p.add_argument("--name", default="large_batch", help="stem of the output files (CSV, PNG, markdown)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--train-smoke", action="store_true", help="train on 6,000 images (script check only)")
     args = p.parse_args(argv)
@@ -125,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs: list[tuple[str, int, dict[str, Any]]] = [] if args.no_base else [("base", args.base_batch_size, {})]
     for batch in args.batch_sizes:
-        for rule, kwargs in RULES.items():
+        for rule in args.rules:
+            kwargs = RULES[rule]
             extra = {"warmup_epochs": args.warmup_epochs} if rule == "linear + warmup" else {}
             runs.append((rule, batch, {**kwargs, **extra}))
 
@@ -173,14 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_after = other_processes()
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out_dir / "large_batch.csv", rows)
-    write_csv(args.out_dir / "large_batch_curves.csv", curves)
+    name = args.name
+    write_csv(args.out_dir / f"{name}.csv", rows)
+    write_csv(args.out_dir / f"{name}_curves.csv", curves)
     title = (
         f"MNIST CNN, plain SGD, base batch {args.base_batch_size} at LR {args.lr}; {args.epochs} epochs; "
         f"seeds {', '.join(map(str, args.seeds))}; warmup {args.warmup_epochs} epoch; "
         f"CPU only, torch threads {args.threads}"
     )
-    plot(curves, args.batch_sizes, args.base_batch_size, args.out_dir / "large_batch.png", title)
+    plot(curves, args.batch_sizes, args.base_batch_size, args.out_dir / f"{name}.png", title)
 
     def cell(sel: list[dict[str, Any]], key: str, fmt: str) -> str:
         values = [r[key] for r in sel]
@@ -209,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     fragment = "\n".join(
         [
-            f"## Large batch: {', '.join(map(str, args.batch_sizes))} after {args.epochs} epochs",
+            f"## Large batch: {', '.join(map(str, args.batch_sizes))} after {args.epochs} epochs"
+            + ("" if name == "large_batch" else f" (`{name}`)"),
             "",
             f"Plain SGD, base batch {args.base_batch_size} at LR {args.lr}, {args.epochs} epochs for every run "
             f"(the same number of samples, so batch {max(args.batch_sizes)} takes far fewer steps). "
@@ -223,18 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 table,
             ),
             "",
-            "![Large-batch curves](benchmarks/large_batch.png)",
+            f"![Large-batch curves](benchmarks/{name}.png)",
             "",
             *(f"- {line}" for line in machine_lines(args.threads)),
             f"- Other load at start: {load_before}",
             f"- Other load at end: {load_after}",
             f"- Command: `{command.strip()}` ({total / 60:.1f} min)",
-            "- Data: `docs/benchmarks/large_batch.csv` (per run), `docs/benchmarks/large_batch_curves.csv` (every "
-            "evaluation), `docs/benchmarks/large_batch.png`.",
+            f"- Data: `docs/benchmarks/{name}.csv` (per run), `docs/benchmarks/{name}_curves.csv` (every "
+            f"evaluation), `docs/benchmarks/{name}.png`.",
             "",
         ]
     )
-    (args.out_dir / "large_batch.md").write_text(fragment)
+    (args.out_dir / f"{name}.md").write_text(fragment)
     print(fragment)
     return 0
 

@@ -10,7 +10,9 @@ import csv
 import logging
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -76,8 +78,31 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def code_version() -> str:
+    """The commit the benchmarked code comes from: ``LRBS_BENCH_CODE`` when set (a snapshot), else ``git`` in
+    :data:`ROOT`, marked ``+ uncommitted changes`` when the working tree differs from it."""
+    if os.environ.get("LRBS_BENCH_CODE"):
+        return os.environ["LRBS_BENCH_CODE"]
+    git = shutil.which("git")
+    if git is None:
+        return "unknown (no git)"
+    try:
+        head = subprocess.run(  # noqa: S603 - fixed arguments
+            [git, "-C", str(ROOT), "log", "-1", "--format=%h %cI"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(  # noqa: S603 - fixed arguments
+            [git, "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "src", "examples", "benchmarks"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"git {head}" + (" + uncommitted changes" if dirty else "")
+
+
 def machine_lines(threads: int) -> list[str]:
-    """One markdown bullet per fact about the machine the numbers come from."""
+    """One markdown bullet per fact about the machine and the code the numbers come from."""
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
@@ -85,6 +110,7 @@ def machine_lines(threads: int) -> list[str]:
         f"CPU: {_cpu_model()}, {cores} logical cores ({usable} usable by this process); GPU: {gpu}",
         f"torch {torch.__version__} with `torch.set_num_threads({threads})`, lightning {lightning.__version__}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        f"Code: {code_version()}",
     ]
 
 

@@ -2,7 +2,8 @@
 
 1. ``overhead.py``: per-step wall time with and without ``BatchScalingCallback``, and its hooks alone.
 2. ``time_to_accuracy.py``: wall time and epochs to 97% test accuracy, base batch 8 against batches 64 and 256.
-3. ``large_batch.py``: batches 512 and 1024 under the rules none / sqrt / linear / linear + warmup.
+3. ``large_batch.py``: batches 512 and 1024 under the rules none / sqrt / linear / linear + warmup; with ``--beyond``
+   also batches 2048, 4096 and 8192 under linear and linear + warmup, to find where the linear rule breaks.
 
 Each writes its CSVs, a markdown fragment (and ``large_batch.png``) into ``--out-dir``; this script joins the fragments
 under a header, with ``notes.md`` from the same folder (the hand-written reading of the published run) when present.
@@ -34,7 +35,12 @@ QUICK = {
     "time_to_accuracy.py": ["--seeds", "0", "--max-epochs", "1", "--train-smoke", "--eval-every", "3000"],
     "large_batch.py": ["--seeds", "0", "--epochs", "1", "--train-smoke", "--eval-every", "3000"],
 }
-FRAGMENTS = ("overhead.md", "time_to_accuracy.md", "large_batch.md")
+#: Beyond k = 128 (``--beyond``): where the linear rule breaks, and whether warmup rescues it.
+BEYOND = [
+    "--batch-sizes", "2048", "4096", "8192", "--rules", "linear", "linear + warmup", "--seeds", "0", "--no-base",
+    "--name", "large_batch_beyond",
+]  # fmt: skip
+FRAGMENTS = ("overhead.md", "time_to_accuracy.md", "large_batch.md", "large_batch_beyond.md")
 
 
 def header(command: str, minutes: float | None) -> str:
@@ -90,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--doc", type=Path, default=None, help="the page to write (default docs/benchmarks.md)")
     p.add_argument("--quick", action="store_true", help="tiny settings, into a temporary folder unless given")
     p.add_argument("--assemble-only", action="store_true", help="only rebuild the page from existing fragments")
+    p.add_argument("--beyond", action="store_true", help="also batches 2048-8192, linear rule (about 10 min more)")
     args = p.parse_args(argv)
     if args.out_dir is None:
         args.out_dir = Path(tempfile.mkdtemp(prefix="lrbs-bench-")) if args.quick else OUT_DIR
@@ -98,9 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/run_all.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
     if not args.assemble_only:
-        for script in ("overhead.py", "time_to_accuracy.py", "large_batch.py"):
-            cmd = [sys.executable, str(HERE / script), "--data-dir", str(args.data_dir), "--out-dir", str(args.out_dir)]
-            cmd += QUICK[script] if args.quick else []
+        jobs = [(script, QUICK[script] if args.quick else []) for script in QUICK]
+        if args.beyond:
+            jobs.append(("large_batch.py", BEYOND + (QUICK["large_batch.py"] if args.quick else [])))
+        for script, extra in jobs:
+            cmd = [sys.executable, str(HERE / script), "--data-dir", str(args.data_dir), *extra]
+            cmd += [] if args.out_dir == OUT_DIR else ["--out-dir", str(args.out_dir)]
             print(f"\n=== {shlex.join(cmd)}", flush=True)
             code = subprocess.call(cmd)  # noqa: S603 - our own scripts, run with this interpreter
             if code:
