@@ -73,5 +73,9 @@ demo: install
 sweep: install
 	$(BIN)/python examples/scaling_sweep.py --data-dir $(DATA_DIR) --output-dir docs/scaling
 
+# Benchmarks of docs/benchmarks.md (about 60 min on 2 CPU cores); not part of make test.
+bench: install
+	$(BIN)/python benchmarks/run_all.py --data-dir $(DATA_DIR)
+
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache
