@@ -307,3 +307,46 @@ def test_command_prints_the_summary_and_writes_the_plot(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "effective batch 8 = 2 per device × 4 devices; base 2; rule linear → LR ×4: SGD 0.1 → 0.4" in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_command_and_a_lightning_cli_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_lrbs.__main__ import main
+
+    monkeypatch.chdir(REPO)
+    png = tmp_path / "preview.png"
+    # the README's command for docs/preview.png, writing elsewhere
+    argv = [
+        "preview", "examples.preview_model.CosineSGD", "--init-args", '{"total_steps": 1000}',
+        "--batches-per-epoch", "100", "--max-epochs", "10", "--batch-size", "32", "--devices", "8",
+        "--base-batch-size", "64", "--warmup-epochs", "2", f"--plot={png}",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "effective batch 256 = 32 per device × 8 devices; base 64; rule linear → LR ×4: SGD 0.1, 0.05 → 0.4, 0.2; "
+        "warmup 200 steps from ×0.25\n1000 optimizer steps"
+    )
+    assert png.is_file()
+
+    # the module's init arguments, the batch size and the callback's arguments from the MNIST LightningCLI config
+    argv = ["preview", "examples.mnist.MNISTConvNet", "--config", "examples/mnist_cli.yaml", "--batches-per-epoch=100"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "effective batch 64 = 64 per device; base 8; rule linear → LR ×8: SGD 0.01 → 0.08; warmup 10 steps from ×0.125"
+    )
+    assert "\n100 optimizer steps" in out  # trainer.max_epochs: 1
+
+
+def test_importing_the_preview_does_not_import_lightning() -> None:
+    code = (
+        "import sys, lightning_lrbs.preview, lightning_lrbs.summary, lightning_lrbs.__main__\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'lightning', 'pytorch_lightning'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
