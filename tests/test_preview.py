@@ -277,6 +277,18 @@ def test_manual_optimization_and_trainer_dependent_modules_are_refused() -> None
             total = self.trainer.estimated_stepping_batches
             return {"optimizer": optimizer, "lr_scheduler": S.OneCycleLR(optimizer, 1.0, total_steps=int(total))}
 
+    class NoOptimizer(BoringModel):
+        def configure_optimizers(self) -> Any:
+            return None
+
+    class TwoOptimizers(BoringModel):
+        def configure_optimizers(self) -> Any:
+            return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.Adam(self.parameters())]
+
+    with pytest.raises(ValueError, match=r"`configure_optimizers` of NoOptimizer returned no optimizer"):
+        preview(NoOptimizer(), batches_per_epoch=2, max_epochs=1, per_device_batch_size=8)
+    with pytest.raises(ValueError, match=r"of TwoOptimizers returned 2 optimizers"):
+        preview(TwoOptimizers(), batches_per_epoch=2, max_epochs=1, per_device_batch_size=8)
     with pytest.raises(ValueError, match=r"Manual uses manual optimization"):
         preview(Manual(), batches_per_epoch=2, max_epochs=1, per_device_batch_size=8)
     with pytest.raises(ValueError, match=r"`configure_optimizers` of NeedsTrainer needs a Trainer"):

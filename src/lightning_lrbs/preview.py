@@ -305,7 +305,8 @@ def preview(
 
     Raises:
         ValueError: If the module uses manual optimization (its ``training_step`` decides when optimizers and
-            schedulers step, which only a fit can tell), or its ``configure_optimizers`` needs a Trainer
+            schedulers step, which only a fit can tell), its ``configure_optimizers`` returns no optimizer or
+            several (Lightning allows several only under manual optimization) or needs a Trainer
             (e.g. ``self.trainer.estimated_stepping_batches``), or an argument is invalid.
 
     Example::
@@ -337,7 +338,14 @@ def preview(
             f"`configure_optimizers` of {type(module).__name__} needs a Trainer ({error}); the preview runs without "
             "one: pass the numbers it reads (e.g. the total steps) to the module instead"
         ) from error
+    if conf is None:
+        raise ValueError(f"`configure_optimizers` of {type(module).__name__} returned no optimizer: nothing to preview")
     optimizers, schedulers, monitor = _configure_optimizers(conf)
+    if len(optimizers) > 1:
+        raise ValueError(
+            f"`configure_optimizers` of {type(module).__name__} returned {len(optimizers)} optimizers: Lightning steps "
+            "several optimizers only under manual optimization, which the preview cannot follow"
+        )
     configs = _configure_schedulers_automatic_opt(schedulers, monitor)
     specs = [SchedulerSpec(c.scheduler, c.interval, c.frequency, c.name, c.reduce_on_plateau) for c in configs]
     return preview_schedule(
