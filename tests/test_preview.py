@@ -295,6 +295,7 @@ def test_manual_optimization_and_trainer_dependent_modules_are_refused() -> None
         preview(NeedsTrainer(), batches_per_epoch=2, max_epochs=1, per_device_batch_size=8)
 
 
+@pytest.mark.slow  # a fresh interpreter importing Lightning: 4-15 s on the shared 2-core machine
 def test_command_prints_the_summary_and_writes_the_plot(tmp_path: Path) -> None:
     png = tmp_path / "lr.png"
     result = subprocess.run(
