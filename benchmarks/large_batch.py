@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 from lrbs_bench import (
     OUT_DIR,
     TestAccuracyTracker,
+    command_line,
     default_data_dir,
     fit_tracked,
     load_mnist,
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet()
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/large_batch.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks/large_batch.py", argv)
     load_before = other_processes()
     _, _, test_x, test_y = load_mnist(args.data_dir)
     n_train = 6000 if args.train_smoke else 60000

@@ -10,6 +10,7 @@ import csv
 import logging
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ __all__ = [
     "MNISTConvNet",
     "MNISTDataModule",
     "TestAccuracyTracker",
+    "command_line",
     "default_data_dir",
     "load_mnist",
     "machine_lines",
@@ -53,6 +55,25 @@ def default_data_dir() -> Path:
     """The read-only MNIST copy beside the checkout (``../shared/data``) when it exists, else ``./data``."""
     shared = ROOT.parent / "shared" / "data"
     return shared if (shared / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file() else ROOT / "data"
+
+
+def repo_path(arg: str) -> str:
+    """``arg`` with an absolute path inside the checkout's parent folder made relative to the checkout (``ROOT``), as
+    commands in the docs must be: ``/…/lightning-lrbs/docs/benchmarks`` → ``docs/benchmarks``,
+    ``/…/shared/data`` → ``../shared/data``. Anything else is returned unchanged."""
+    if not os.path.isabs(arg):
+        return arg
+    path = Path(arg).resolve()
+    if ROOT.parent not in path.parents and path != ROOT.parent:
+        return arg
+    return Path(os.path.relpath(path, ROOT)).as_posix()
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that ran ``script`` (repository-relative) with ``argv`` (default ``sys.argv[1:]``), with paths
+    made repository-relative (:func:`repo_path`), for the docs."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return " ".join(["python", script, *(shlex.quote(repo_path(a)) for a in args)]).strip()
 
 
 def quiet() -> None:
@@ -125,7 +146,9 @@ def other_processes() -> str:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        cmd = " ".join(" ".join(a.decode(errors="replace").split()) for a in argv if a)
+        # absolute paths shortened to their last part: the docs never show this machine's folders
+        words = [" ".join(a.decode(errors="replace").split()) for a in argv if a]
+        cmd = " ".join(Path(w).name if w.startswith("/") else w for w in words)
         if pid in mine or "python" not in cmd or "benchmarks/" in cmd:
             continue
         found.append(cmd if len(cmd) <= 100 else cmd[:97] + "...")

@@ -29,7 +29,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import shlex
 import statistics
 import sys
 import time
@@ -51,6 +50,7 @@ from lrbs_bench import (
     OUT_DIR,
     MNISTConvNet,
     MNISTDataModule,
+    command_line,
     default_data_dir,
     machine_lines,
     markdown_table,
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet()
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/overhead.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks/overhead.py", argv)
     load_before = other_processes()
     started = time.perf_counter()
     order = torch.Generator().manual_seed(args.seed)

@@ -6,7 +6,8 @@
    also batches 2048, 4096 and 8192 under linear and linear + warmup, to find where the linear rule breaks.
 
 Each writes its CSVs, a markdown fragment (and ``large_batch.png``) into ``--out-dir``; this script joins the fragments
-under a header, with ``notes.md`` from the same folder (the hand-written reading of the published run) when present.
+under a header, after ``notes.md`` from the same folder: the hand-written reading of the published run, which lives
+there so that regenerating the page keeps it (edit it by hand when the numbers change).
 
 Run (from the repository root; ``make bench`` does this with the installed wheel)::
 
@@ -17,6 +18,7 @@ Run (from the repository root; ``make bench`` does this with the installed wheel
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lrbs_bench import OUT_DIR, ROOT, default_data_dir
+from lrbs_bench import OUT_DIR, ROOT, command_line, default_data_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,21 +66,27 @@ def header(command: str, minutes: float | None) -> str:
     )
 
 
-def assemble(out_dir: Path, doc: Path, command: str, minutes: float | None) -> None:
-    """Join the header, ``notes.md`` and the fragments into ``doc``."""
+def render(out_dir: Path, doc: Path, command: str, minutes: float | None) -> str:
+    """The page: the header, then ``notes.md`` (the hand-written summary of the published run, kept in
+    ``docs/benchmarks/notes.md`` so that regenerating the page never loses it), then the fragments. Links into
+    ``benchmarks/`` are made relative to the folder of ``doc``."""
     parts = [header(command, minutes)]
-    notes = out_dir / "notes.md"
-    if notes.is_file():
-        parts.append(notes.read_text())
-    for name in FRAGMENTS:
+    target = Path(os.path.relpath(out_dir.resolve(), doc.resolve().parent)).as_posix()
+    for name in ("notes.md", *FRAGMENTS):
         fragment = out_dir / name
         if fragment.is_file():
             text = fragment.read_text()
-            if doc.parent != out_dir.parent or out_dir.name != "benchmarks":
-                text = text.replace("](benchmarks/", f"]({out_dir.resolve()}/")
+            if target != "benchmarks":
+                text = text.replace("](benchmarks/", f"]({target}/")
             parts.append(text)
+    return "\n".join(parts)
+
+
+def assemble(out_dir: Path, doc: Path, command: str, minutes: float | None) -> None:
+    """Write :func:`render`'s page to ``doc``."""
+    text = render(out_dir, doc, command, minutes)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(parts))
+    doc.write_text(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out_dir = Path(tempfile.mkdtemp(prefix="lrbs-bench-")) if args.quick else OUT_DIR
     if args.doc is None:
         args.doc = args.out_dir / "benchmarks.md" if args.quick else ROOT / "docs" / "benchmarks.md"
-    command = "python benchmarks/run_all.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks/run_all.py", argv)
     started = time.perf_counter()
     if not args.assemble_only:
         jobs = [(script, QUICK[script] if args.quick else []) for script in QUICK]

@@ -15,7 +15,6 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 from lrbs_bench import (
     OUT_DIR,
     TestAccuracyTracker,
+    command_line,
     default_data_dir,
     fit_tracked,
     load_mnist,
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet()
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/time_to_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks/time_to_accuracy.py", argv)
     load_before = other_processes()
     _, _, test_x, test_y = load_mnist(args.data_dir)
     n_train = 6000 if args.train_smoke else 60000

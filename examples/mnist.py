@@ -53,13 +53,13 @@ _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 class MNISTNotFoundError(FileNotFoundError):
     """MNIST is neither in the data folder nor downloadable there (offline, or the folder is not writable)."""
 
-    def __init__(self, data_dir: str | Path, reason: str = "") -> None:
+    def __init__(self, data_dir: str | Path, reason: str = "", option: str = "--data-dir") -> None:
         files = ", ".join(MNIST_FILES)
         because = f" ({reason})" if reason else ""
         super().__init__(
             f"MNIST was not found in '{data_dir}' and could not be downloaded there{because}. "
             f"Put the four official files {files} in '{Path(data_dir) / 'MNIST' / 'raw'}' (or directly in the folder "
-            f"given as --data-dir), or run once with internet access and a writable --data-dir to download them."
+            f"given as {option}), or run once with internet access and a writable {option} to download them."
         )
 
 
@@ -122,11 +122,12 @@ def find_mnist_files(data_dir: str | Path) -> tuple[Path, Path, Path, Path] | No
     return None
 
 
-def download_mnist(data_dir: str | Path) -> None:
+def download_mnist(data_dir: str | Path, option: str = "--data-dir") -> None:
     """Download MNIST with torchvision into ``data_dir/MNIST/raw`` (checked against torchvision's MD5 sums).
 
     Args:
         data_dir: A writable folder; created when missing.
+        option: The command-line option that sets ``data_dir``, named in the error.
 
     Raises:
         MNISTNotFoundError: The download failed (no network, mirror unreachable, folder not writable).
@@ -140,7 +141,7 @@ def download_mnist(data_dir: str | Path) -> None:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
         # torchvision: "Error downloading <file>:" then, per mirror, "Tried <url>, got:" and the error; keep the ends
         reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
-        raise MNISTNotFoundError(data_dir, reason) from None
+        raise MNISTNotFoundError(data_dir, reason, option) from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -157,11 +158,14 @@ def _load_normalized(
     return normalize(train_x), train_y.long(), normalize(test_x), test_y.long()
 
 
-def load_mnist(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_mnist(
+    data_dir: str | Path, option: str = "--data-dir"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Read MNIST from ``data_dir`` into memory, normalized with mean 0.1307 and std 0.3081; writes nothing.
 
     Args:
         data_dir: A folder holding the four files (see :func:`find_mnist_files`).
+        option: The command-line option that sets ``data_dir``, named in the error.
 
     Returns:
         ``(train_images, train_labels, test_images, test_labels)``; images are ``float32`` shaped ``(n, 1, 28, 28)``,
@@ -172,7 +176,7 @@ def load_mnist(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.
     """
     paths = find_mnist_files(data_dir)
     if paths is None:
-        raise MNISTNotFoundError(data_dir, "the files are not there")
+        raise MNISTNotFoundError(data_dir, "the files are not there", option)
     return _load_normalized(tuple(p.resolve() for p in paths))
 
 
@@ -289,6 +293,9 @@ class MNISTDataModule(pl.LightningDataModule):
         download: Download when the files are absent; ``False`` raises :class:`MNISTNotFoundError` instead.
     """
 
+    #: The command-line option that sets ``data_dir``, named in the error when MNIST is missing.
+    data_dir_option = "--data-dir"
+
     def __init__(
         self,
         data_dir: str | Path = "data",
@@ -320,12 +327,12 @@ class MNISTDataModule(pl.LightningDataModule):
         if find_mnist_files(self.data_dir) is not None:
             return
         if not self.download:
-            raise MNISTNotFoundError(self.data_dir, "the files are not there and download=False")
-        download_mnist(self.data_dir)
+            raise MNISTNotFoundError(self.data_dir, "the files are not there and download=False", self.data_dir_option)
+        download_mnist(self.data_dir, self.data_dir_option)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the tensors and split off the subsets."""
-        train_x, train_y, test_x, test_y = load_mnist(self.data_dir)
+        train_x, train_y, test_x, test_y = load_mnist(self.data_dir, self.data_dir_option)
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(train_y), generator=generator)
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]

@@ -18,10 +18,11 @@ the argument's name before anything runs. ``--data.data_dir`` defaults to ``$LRB
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from mnist import MNISTConvNet, MNISTDataModule
+from mnist import MNISTConvNet, MNISTDataModule, MNISTNotFoundError
 
 
 class MNISTCLI(LightningCLI):
@@ -30,6 +31,11 @@ class MNISTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Take the MNIST folder from ``$LRBS_DATA_DIR`` unless the config or the command line gives one."""
         parser.set_defaults({"data.data_dir": os.environ.get("LRBS_DATA_DIR", "data")})
+
+    def instantiate_classes(self) -> None:
+        """Build the objects; a missing MNIST folder is then reported with this CLI's option, ``--data.data_dir``."""
+        super().instantiate_classes()
+        self.datamodule.data_dir_option = "--data.data_dir"
 
 
 def main(args: Sequence[str] | None = None, run: bool = True) -> MNISTCLI:
@@ -50,4 +56,8 @@ def main(args: Sequence[str] | None = None, run: bool = True) -> MNISTCLI:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MNISTNotFoundError as error:  # offline without the files: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

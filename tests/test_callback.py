@@ -138,7 +138,7 @@ class TestEffectiveBatchSize:
             quiet_trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(TwoOptimizers())
         assert callback.scale_factors == (4.0, 2.0)
         assert callback.scale_factor == (4.0, 2.0)
-        assert "rule auto → SGD linear ×4.00: 0.1 → 0.4; Adam sqrt ×2.00: 0.001 → 0.002" in caplog.text
+        assert "rule auto → SGD linear ×4: 0.1 → 0.4; Adam sqrt ×2: 0.001 → 0.002" in caplog.text
 
 
 class TestUsersAreTold:
@@ -147,8 +147,7 @@ class TestUsersAreTold:
         with caplog.at_level(logging.INFO):
             quiet_trainer(tmp_path, accumulate_grad_batches=2, callbacks=[callback]).fit(LRModel())
         expected = (
-            "effective batch 16 = 8 per device × 2 accumulation; base 4; rule linear → LR ×4.00: "
-            "SGD 0.1, 0.05 → 0.4, 0.2"
+            "effective batch 16 = 8 per device × 2 accumulation; base 4; rule linear → LR ×4: SGD 0.1, 0.05 → 0.4, 0.2"
         )
         assert callback.summary == expected
         assert caplog.text.count(expected) == 1
@@ -287,7 +286,7 @@ class TestResume:
         trainer = quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2, callbacks=[resumed])
         trainer.fit(second, ckpt_path=ckpt)
         assert resumed.scale_factor == 4.0
-        assert "(resumed at ×2.00, rescaled)" in resumed.summary
+        assert "(resumed at ×2, rescaled)" in resumed.summary
         # the scheduler keeps counting optimizer steps: step t of the resumed run is step 4 + t of the full run
         expected = [[2 * lr for lr in step] for step in full.lrs[4 : 4 + len(second.lrs)]]
         assert len(second.lrs) == 4  # 8 batches left at accumulation 2

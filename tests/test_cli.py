@@ -183,6 +183,6 @@ class TestMNISTExample:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         output = done.stdout + done.stderr
-        assert "effective batch 64 = 32 per device × 2 accumulation; base 8; rule linear → LR ×8.00" in output
+        assert "effective batch 64 = 32 per device × 2 accumulation; base 8; rule linear → LR ×8" in output
         assert (tmp_path / "mnist_cli" / "version_0" / "config.yaml").is_file()  # SaveConfigCallback's copy
         assert (tmp_path / "mnist_cli" / "version_0" / "metrics.csv").is_file()

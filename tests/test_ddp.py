@@ -44,7 +44,7 @@ def test_ddp_two_processes_double_the_lr_on_both_ranks(tmp_path: Path) -> None:
         assert result["lrs"][0] == pytest.approx([0.2, 0.1])
     assert ranks[0]["lrs"] == ranks[1]["lrs"]
     summary = ranks[0]["summary"]
-    assert summary.startswith("effective batch 16 = 8 per device × 2 devices; base 8; rule linear → LR ×2.00")
+    assert summary.startswith("effective batch 16 = 8 per device × 2 devices; base 8; rule linear → LR ×2")
 
 
 def test_uneven_ranks_sum_their_batches_and_agree_on_one_factor(tmp_path: Path) -> None:

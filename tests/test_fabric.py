@@ -91,7 +91,7 @@ class TestPlainLoop:
         assert result.scale_factor == (4.0, 2.0)
         assert result.rules == ("linear", "sqrt")
         assert adam.param_groups[0]["lr"] == pytest.approx(2e-3)
-        assert "SGD linear ×4.00: 0.1 → 0.4; Adam sqrt ×2.00: 0.001 → 0.002" in result.summary
+        assert "SGD linear ×4: 0.1 → 0.4; Adam sqrt ×2: 0.001 → 0.002" in result.summary
 
     def test_uneven_ranks(self) -> None:
         result = scale_for_batch(_sgd(), per_device_batch_size=[8, 4], accumulation=2, base_batch_size=6)
@@ -103,7 +103,7 @@ class TestPlainLoop:
             _sgd(), per_device_batch_size=32, world_size=2, accumulation=4, warmup_steps=100, warmup_start_factor=0.5
         )
         assert result.summary == (
-            "effective batch 256 = 32 per device × 2 devices × 4 accumulation; base 32; rule linear → LR ×8.00: "
+            "effective batch 256 = 32 per device × 2 devices × 4 accumulation; base 32; rule linear → LR ×8: "
             "SGD 0.1 → 0.8; warmup 100 steps from ×0.5"
         )
 

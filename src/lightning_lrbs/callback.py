@@ -31,8 +31,8 @@ from typing_extensions import override
 
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
 from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
-from lightning_lrbs.rules import Rule, is_adaptive, rule_name, scale_factor, validate_rule
-from lightning_lrbs.summary import describe_scaling
+from lightning_lrbs.rules import Rule, scale_factor, validate_rule
+from lightning_lrbs.summary import describe_scaling, format_factor, optimizer_names, scaling_hparams, scaling_warnings
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
 
 __all__ = ["BatchScalingCallback"]
@@ -58,6 +58,9 @@ class BatchScalingCallback(pl.Callback):
         log_lr: Log the LR each optimizer group actually uses (warmup applied) at the Trainer's
             ``log_every_n_steps``, under ``LearningRateMonitor``'s names prefixed with ``lrbs/``
             (``lrbs/lr-<Optimizer>[-<n>][/pg<i>]``; ``LearningRateMonitor`` logs the LR before the warmup).
+        accumulation: Gradient-accumulation steps to count, for manual optimization that accumulates by hand (the
+            callback cannot see it). ``None`` reads ``accumulate_grad_batches`` (and a
+            ``GradientAccumulationScheduler``); not together with either.
 
     Raises:
         ValueError: If an argument is invalid (named in the message), and, when training starts, if the module has
@@ -83,6 +86,7 @@ class BatchScalingCallback(pl.Callback):
         warmup_epochs: float = 0.0,
         warmup_start_factor: float | None = None,
         log_lr: bool = True,
+        accumulation: int | None = None,
     ) -> None:
         super().__init__()
         self.base_batch_size = (
@@ -114,6 +118,7 @@ class BatchScalingCallback(pl.Callback):
                 category=RuntimeWarning,
             )
         self.log_lr = bool(log_lr)
+        self.accumulation = None if accumulation is None else check_positive_int(accumulation, "accumulation")
         self._reset()
 
     def _reset(self) -> None:
@@ -173,6 +178,16 @@ class BatchScalingCallback(pl.Callback):
             raise ValueError(
                 f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
                 f"{type(pl_module).__name__} returned no optimizer"
+            )
+        scheduler_cls = self._pl.callbacks.GradientAccumulationScheduler
+        if self.accumulation is not None and (
+            trainer.accumulate_grad_batches != 1
+            or any(isinstance(c, scheduler_cls) for c in getattr(trainer, "callbacks", []))
+        ):
+            raise ValueError(
+                f"`accumulation={self.accumulation}` is for accumulation by hand under manual optimization, but the "
+                f"Trainer accumulates itself (accumulate_grad_batches={trainer.accumulate_grad_batches} or a "
+                "GradientAccumulationScheduler): leave `accumulation` unset"
             )
 
     @override
@@ -235,6 +250,8 @@ class BatchScalingCallback(pl.Callback):
     def _accumulation_now(self, trainer: Any) -> int:
         """Accumulation for the current epoch, reading a ``GradientAccumulationScheduler`` directly so that the
         result does not depend on whether it ran its ``on_train_epoch_start`` before this callback."""
+        if self.accumulation is not None:
+            return self.accumulation
         scheduler_cls = self._pl.callbacks.GradientAccumulationScheduler
         for callback in trainer.callbacks:
             if isinstance(callback, scheduler_cls):
@@ -318,6 +335,8 @@ class BatchScalingCallback(pl.Callback):
         if first:
             self._start_warmup(trainer, optimizers, targets, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
+        configs = trainer.lr_scheduler_configs
+        names = [n.label for n in optimizer_names(optimizers, [(c.scheduler.optimizer, c.name) for c in configs])]
         self.summary = describe_scaling(
             effective,
             per_rank,
@@ -330,13 +349,16 @@ class BatchScalingCallback(pl.Callback):
             nodes=trainer.num_nodes,
             warmup_steps=self._resolved_warmup or 0,
             start_factors=self._start_factors or (),
+            names=names,
         )
         if previous is not None and first:  # resumed from a checkpoint that holds scaled LRs
             rescaled = any(a != t for a, t in zip(applied, targets))
-            applied_text = "/".join(f"{a:.2f}" for a in applied)
+            applied_text = "/".join(format_factor(a) for a in applied)
             self.summary += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self._hparams(trainer, optimizers, names))
         if first:
             self._warn(optimizers, targets)
 
@@ -418,20 +440,24 @@ class BatchScalingCallback(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
+    def _hparams(self, trainer: Any, optimizers: list[torch.optim.Optimizer], names: list[str]) -> dict[str, Any]:
+        """The hyperparameters logged to every logger (:func:`~lightning_lrbs.summary.scaling_hparams`)."""
+        return scaling_hparams(
+            self._effective or 0,
+            (self._per_rank or [0])[0],
+            self._accumulation or 1,
+            self._base or 0,
+            self.rule,
+            optimizers,
+            self._factors or (),
+            names=names,
+            devices=trainer.num_devices,
+            nodes=trainer.num_nodes,
+            warmup_steps=self._resolved_warmup or 0,
+            start_factors=self._start_factors or (),
+        )
+
     def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
-        warn = self._pl.utilities.rank_zero.rank_zero_warn
-        if self.rule != "none" and all(t == 1.0 for t in targets):
-            warn(
-                f"{type(self).__name__}: the LR factor is 1 (effective batch {self._effective}, base {self._base}, "
-                f"rule {rule_name(self.rule)}): nothing to scale",
-                category=RuntimeWarning,
-            )
-        if self.rule == "linear":
-            adaptive = sorted({type(o).__name__ for o, t in zip(optimizers, targets) if is_adaptive(o) and t != 1.0})
-            if adaptive:
-                warn(
-                    f"{type(self).__name__}: the linear rule scales the adaptive optimizer(s) {', '.join(adaptive)}; "
-                    "adaptive optimizers usually follow the square-root rule (Malladi et al. 2022): "
-                    "try rule='sqrt' or rule='auto'",
-                    category=RuntimeWarning,
-                )
+        effective, base = self._effective or 0, self._base or 0
+        for message in scaling_warnings(self.rule, optimizers, targets, effective, base, type(self).__name__):
+            self._pl.utilities.rank_zero.rank_zero_warn(message, category=RuntimeWarning)

@@ -31,6 +31,7 @@ and ``scheduler.step()`` keeps following its own schedule at :math:`f\times` the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,7 @@ from torch.optim import Optimizer
 from lightning_lrbs.batch import check_positive_int, effective_batch_size
 from lightning_lrbs.rescale import flatten_schedulers, rescale_
 from lightning_lrbs.rules import Rule, resolve_rule, rule_name, scale_factor, validate_rule
-from lightning_lrbs.summary import describe_scaling
+from lightning_lrbs.summary import describe_scaling, scaling_warnings
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
 
 __all__ = ["ScalingResult", "scale_for_batch"]
@@ -164,6 +165,11 @@ def scale_for_batch(
             were built on both it and its ``fabric.setup`` wrapper). Nothing is changed then.
         TypeError: If ``optimizers`` holds something that is not an optimizer.
 
+    Warns:
+        RuntimeWarning: Exactly when :class:`~lightning_lrbs.BatchScalingCallback` warns: the linear rule scales an
+            adaptive optimizer, or the factor is 1 under a rule other than ``"none"``
+            (:func:`~lightning_lrbs.summary.scaling_warnings`).
+
     Example::
 
         >>> import torch
@@ -176,7 +182,7 @@ def scale_for_batch(
         >>> result.effective_batch_size, result.scale_factor, scheduler.base_lrs, scheduler.eta_min
         (256, 4.0, [0.4], 0.004)
         >>> print(result.summary)
-        effective batch 256 = 32 per device × 8 devices; base 64; rule linear → LR ×4.00: SGD 0.1 → 0.4; warmup 10 steps from ×0.25
+        effective batch 256 = 32 per device × 8 devices; base 64; rule linear → LR ×4: SGD 0.1 → 0.4; warmup 10 steps from ×0.25
         >>> result.warmup.factor(0), result.warmup.factor(0, step=5), result.warmup.factor(0, step=10)
         (0.25, 0.625, 1.0)
         >>> result.warmup.remove()
@@ -231,4 +237,6 @@ def scale_for_batch(
         warmup_steps=warmup_steps,
         start_factors=starts,
     )
+    for message in scaling_warnings(rule, optimizer_list, factors, effective, base, "scale_for_batch"):
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     return ScalingResult(effective, base, tuple(factors), tuple(rules), warmup, summary)
