@@ -29,8 +29,9 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from lightning_lrbs._coerce import as_float, check_bool
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
-from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
+from lightning_lrbs.rescale import check_numeric_lrs, flatten_schedulers, rescale_, scalable_groups
 from lightning_lrbs.rules import Rule, is_adaptive, rule_name, scale_factor, validate_rule
 from lightning_lrbs.summary import describe_scaling
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
@@ -91,19 +92,15 @@ class BatchScalingCallback(pl.Callback):
         self.rule: Rule = validate_rule(rule)
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.warmup_steps = check_warmup_steps(warmup_steps)
-        if (
-            isinstance(warmup_epochs, bool)
-            or not isinstance(warmup_epochs, (int, float))
-            or not math.isfinite(warmup_epochs)
-            or warmup_epochs < 0
-        ):
+        epochs = as_float(warmup_epochs)  # Python or NumPy number; not a bool
+        if epochs is None or not math.isfinite(epochs) or epochs < 0:
             raise ValueError(f"`warmup_epochs` must be a non-negative finite number, got {warmup_epochs!r}")
-        if warmup_steps and warmup_epochs:
+        if self.warmup_steps and epochs:
             raise ValueError(
                 f"give either `warmup_steps` or `warmup_epochs`, not both: got warmup_steps={warmup_steps!r} "
                 f"and warmup_epochs={warmup_epochs!r}"
             )
-        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_epochs = epochs
         self.warmup_start_factor = (
             None if warmup_start_factor is None else check_start_factor(warmup_start_factor, "warmup_start_factor")
         )
@@ -113,7 +110,7 @@ class BatchScalingCallback(pl.Callback):
                 "`warmup_epochs`",
                 category=RuntimeWarning,
             )
-        self.log_lr = bool(log_lr)
+        self.log_lr = check_bool(log_lr, "log_lr")
         self._reset()
 
     def _reset(self) -> None:
@@ -169,11 +166,12 @@ class BatchScalingCallback(pl.Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning stands a `_MockOptimizer` without param groups in for a `configure_optimizers` returning None.
-        if not any(group for opt in trainer.optimizers for group in opt.param_groups if "lr" in group):
+        if not any(opt.param_groups for opt in trainer.optimizers):
             raise ValueError(
                 f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
                 f"{type(pl_module).__name__} returned no optimizer"
             )
+        check_numeric_lrs(trainer.optimizers)  # `lr=None` (Adafactor) or no `lr` key: nothing to scale
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -207,6 +205,22 @@ class BatchScalingCallback(pl.Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_warmup()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # A step that raised inside `optimizer.step` (training_step runs in its closure) left the warmed LR in place.
+        self._remove_warmup()
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Saved from inside a step (`OnExceptionCheckpoint` before this callback, a SLURM signal): write scheduled LRs.
+        states = checkpoint.get("optimizer_states")
+        if self._warmup is not None and self._warmup.pending and isinstance(states, list):
+            for index, state in enumerate(states[: len(self._warmup.optimizers)]):
+                if isinstance(state, dict):
+                    self._warmup.unwarm_state_dict(index, state)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
