@@ -415,7 +415,8 @@ class BatchScalingCallback(pl.Callback):
         for index, (optimizer, names) in enumerate(zip(trainer.optimizers, self._lr_names)):
             w = self._warmup.factor(index, step) if self._warmup is not None else 1.0
             for group, active, name in zip(optimizer.param_groups, scalable_groups(optimizer), names):
-                metrics[name] = float(group["lr"]) * (w if active else 1.0)
+                if group.get("lr") is not None:  # an opted-out group may have none (Adafactor's relative step)
+                    metrics[name] = float(group["lr"]) * (w if active else 1.0)
         self._log_metrics(trainer, metrics)
 
     def _log_scale(self, trainer: Any) -> None:
