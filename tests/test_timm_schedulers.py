@@ -210,3 +210,34 @@ def test_bad_lr_attributes_are_refused() -> None:
         rescale_(opt, [sched], 2.0)
     assert opt.param_groups[0]["lr"] == 0.3
     assert sched.base_lrs == [LR]
+
+
+@pytest.mark.filterwarnings("ignore:PlateauLRScheduler is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch ended.*")
+def test_resumed_timm_plateau_which_saves_no_lrs_is_rescaled_again(tmp_path: Path) -> None:
+    """timm's PlateauLRScheduler saves only its best metric and epoch: a resumed run rebuilds it at the module's LRs
+    while the optimizer comes back scaled. The callback scales it again, so the resumed run equals the 4x module's."""
+
+    def run(f: float, callbacks: Callable[[], list[Any]]) -> list[float]:
+        def model() -> TimmModel:
+            seed_everything(7)
+            build = lambda o: timm_scheduler.PlateauLRScheduler(  # noqa: E731
+                o, decay_rate=0.5, patience_t=0, lr_min=0.03 * f, mode="min", warmup_t=6, warmup_lr_init=0.004 * f
+            )
+            extra = {"monitor": "plateau", "reduce_on_plateau": True}
+            return TimmModel(lr=LR * f, scheduler=build, interval="step", extra=extra)
+
+        first = quiet_trainer(tmp_path / "first", max_epochs=1, callbacks=callbacks())
+        first.fit(model())
+        ckpt = tmp_path / f"plateau-{f}.ckpt"
+        first.save_checkpoint(ckpt)
+        resumed = model()
+        quiet_trainer(tmp_path / "resumed", max_epochs=3, callbacks=callbacks()).fit(resumed, ckpt_path=ckpt)
+        assert len(resumed.lrs) == STEPS - 4
+        return flat(resumed.lrs)
+
+    scaled = run(1.0, lambda: [BatchScalingCallback(base_batch_size=8 // FACTOR)])
+    by_hand = run(float(FACTOR), lambda: [])
+    assert scaled == pytest.approx(by_hand, rel=1e-9, abs=0.0)
+    assert len(set(by_hand[::2])) > 2  # warmup, then the plateau decay down to the floor
+    assert min(by_hand) == pytest.approx(0.03 * FACTOR)  # down to the floor

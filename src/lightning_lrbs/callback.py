@@ -31,7 +31,13 @@ from typing_extensions import override
 
 from lightning_lrbs._coerce import as_float, check_bool
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
-from lightning_lrbs.rescale import check_numeric_lrs, flatten_schedulers, rescale_, scalable_groups
+from lightning_lrbs.rescale import (
+    check_numeric_lrs,
+    flatten_schedulers,
+    rescale_,
+    scalable_groups,
+    unsaved_schedulers,
+)
 from lightning_lrbs.rules import Rule, is_adaptive, rule_name, scale_factor, validate_rule
 from lightning_lrbs.summary import describe_scaling
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
@@ -325,7 +331,9 @@ class BatchScalingCallback(pl.Callback):
         first = self._per_rank is None
         warmup_steps = self._warmup_length(trainer) if first else 0  # can fail: before anything changes
 
-        rescale_(optimizers, schedulers, relative)
+        rescale_(optimizers, schedulers, relative)  # checks everything before it changes anything
+        if first and previous is not None:  # resumed: schedulers that save no LRs were rebuilt at the module's LRs
+            rescale_(optimizers, unsaved_schedulers(schedulers), applied, param_groups=False)
 
         self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
         self._factors = targets

@@ -53,6 +53,7 @@ __all__ = [
     "lr_attributes",
     "rescale_",
     "scalable_groups",
+    "unsaved_schedulers",
 ]
 
 #: Param-group key that opts a group out of scaling and warmup: ``{"params": ..., "lrbs_scale": False}``.
@@ -126,6 +127,17 @@ def lr_attributes(scheduler: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | N
         lists = _TIMM_LIST_KEYS + (("warmup_steps",) if getattr(scheduler, "warmup_t", 0) else ())
         return lists, _TIMM_SCALAR_KEYS
     return None
+
+
+def unsaved_schedulers(schedulers: Iterable[Any]) -> list[Any]:
+    """The schedulers (nested ones included) whose ``state_dict`` leaves out their stored LRs, so that loading a
+    checkpoint leaves them as built, at the module's own LRs: timm's ``PlateauLRScheduler`` (it saves only the best
+    metric and the epoch, as timm documents) and the ``ReduceLROnPlateau`` inside it."""
+    out: list[Any] = []
+    for scheduler in flatten_schedulers(schedulers):
+        if _is_timm(scheduler) and type(scheduler).__name__ == "PlateauLRScheduler":
+            out.extend(flatten_schedulers([scheduler]))
+    return out
 
 
 def _check_schedulers(schedulers: Sequence[Any]) -> None:
@@ -274,6 +286,8 @@ def rescale_(
     optimizers: Optimizer | Sequence[Optimizer],
     schedulers: Iterable[Any] = (),
     factor: float | Sequence[float] = 1.0,
+    *,
+    param_groups: bool = True,
 ) -> None:
     r"""Multiply the learning rates of ``optimizers`` and of every scheduler built on them by ``factor``, in place.
 
@@ -288,6 +302,8 @@ def rescale_(
             or any scheduler that names its LR attributes in ``lrbs_lr_attributes``. Each is reached once, however
             often it is listed or nested.
         factor: One factor for all optimizers, or one per optimizer (same order).
+        param_groups: ``False`` scales the schedulers only, not the param groups: for schedulers rebuilt at the
+            module's LRs while the optimizer state came back scaled from a checkpoint (:func:`unsaved_schedulers`).
 
     Raises:
         ValueError: If a factor is not finite and positive, the number of factors does not match, a scheduler
@@ -322,7 +338,7 @@ def rescale_(
     done: set[int] = set()
     for optimizer in optimizer_list:
         f = factors[id(optimizer)]
-        if id(optimizer) in done or f == 1.0:
+        if id(optimizer) in done or f == 1.0 or not param_groups:
             continue
         done.add(id(optimizer))
         for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
