@@ -225,3 +225,42 @@ def test_step_that_raises_mid_training_leaves_lr_at_scheduled_value_without_chec
     with pytest.raises(Boom):
         quiet_trainer(tmp_path, callbacks=[_callback()]).fit(model)
     assert _scheduled(model) == pytest.approx([4 * LR, 2 * LR], rel=1e-9)
+
+
+class ManualFailing(LRModel):
+    """Manual optimization, the forward pass in the closure handed to ``opt.step`` (as LBFGS needs), raising at
+    ``fail_at``: the same warmed-LR-left-behind situation as automatic optimization."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.fail_at = fail_at
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt = self.optimizers()
+
+        def closure() -> torch.Tensor:  # `on_before_optimizer_step` records the LR after the backward pass
+            if self.global_step == self.fail_at:
+                raise Boom("failing inside the closure")
+            loss = self.step(batch)
+            self.manual_backward(loss)
+            return loss
+
+        opt.zero_grad()
+        opt.step(closure=closure)
+
+    def step(self, batch: Any) -> torch.Tensor:
+        return self.layer(batch).sum()
+
+
+def test_manual_optimization_closure_that_raises_leaves_scheduled_lr(tmp_path: Path) -> None:
+    seed_everything(3)
+    model = ManualFailing(fail_at=2)
+    ckpt = tmp_path / "manual.ckpt"
+    trainer = quiet_trainer(tmp_path, callbacks=[SaveOnException(ckpt), _callback()])
+    with pytest.raises(Boom):
+        trainer.fit(model)
+    w = [0.25 + 0.75 * t / WARMUP for t in range(2)]
+    assert flat(model.lrs) == pytest.approx([4 * LR * x * g for x in w for g in (1.0, 0.5)], rel=1e-9, abs=0.0)
+    assert _scheduled(model) == pytest.approx([4 * LR, 2 * LR], rel=1e-9)
+    assert _checkpoint_lrs(ckpt) == pytest.approx([4 * LR, 2 * LR], rel=1e-9)
