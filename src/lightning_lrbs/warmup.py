@@ -31,7 +31,7 @@ import torch
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from lightning_lrbs._coerce import as_float, as_int
+from lightning_lrbs._coerce import as_float, as_int, is_bool
 from lightning_lrbs.rescale import check_numeric_lrs, scalable_groups
 
 __all__ = ["LinearWarmup", "check_start_factor", "check_warmup_steps", "default_start_factor", "warmup_factor"]
@@ -139,7 +139,7 @@ class LinearWarmup:
     ) -> None:
         self.optimizers: list[Optimizer] = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
         self.warmup_steps = check_warmup_steps(warmup_steps)
-        scalar = as_float(start_factor) is not None or isinstance(start_factor, (bool, str))
+        scalar = as_float(start_factor) is not None or is_bool(start_factor) or isinstance(start_factor, str)
         factors = [start_factor] * len(self.optimizers) if scalar else list(start_factor)  # type: ignore[arg-type]
         if len(factors) != len(self.optimizers):
             raise ValueError(f"`start_factor` has {len(factors)} values for {len(self.optimizers)} optimizers")
