@@ -67,9 +67,12 @@ class BatchScalingCallback(pl.Callback):
             (``lrbs/lr-<Optimizer>[-<n>][/pg<i>]``; ``LearningRateMonitor`` logs the LR before the warmup).
 
     Raises:
-        ValueError: If an argument is invalid (named in the message), and, when training starts, if the module has
-            no optimizer, the per-device batch size cannot be found, or a callable rule returns a non-finite or
-            non-positive factor. Nothing is changed before such an error.
+        ValueError: If an argument is invalid (named in the message; NumPy numbers count as Python ones, flags must
+            be bools), and, when training starts, if the module has no optimizer, a param group that is not opted
+            out has no numeric ``lr`` (``Adafactor(relative_step=True)``), a scheduler is of a class whose stored
+            LRs are not known (neither torch's nor timm's, and no ``lrbs_lr_attributes``), the per-device batch size
+            cannot be found, or a callable rule returns a non-finite or non-positive factor. Nothing is changed
+            before such an error.
 
     Example::
 
