@@ -264,3 +264,49 @@ def test_manual_optimization_closure_that_raises_leaves_scheduled_lr(tmp_path: P
     assert flat(model.lrs) == pytest.approx([4 * LR * x * g for x in w for g in (1.0, 0.5)], rel=1e-9, abs=0.0)
     assert _scheduled(model) == pytest.approx([4 * LR, 2 * LR], rel=1e-9)
     assert _checkpoint_lrs(ckpt) == pytest.approx([4 * LR, 2 * LR], rel=1e-9)
+
+
+class StoppingModel(FailingModel):
+    """Stops at step ``stop_at`` by ``trainer.should_stop`` (the step finishes), or raises in the in-epoch validation
+    (``val_check_interval``) that runs once ``stop_at`` steps finished."""
+
+    def __init__(self, stop_at: int | None = None, how: str = "should_stop") -> None:
+        super().__init__()
+        self.stop_at, self.how = stop_at, how
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.how == "should_stop" and self.global_step == self.stop_at:
+            self.trainer.should_stop = True
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.how == "validation" and self.global_step == self.stop_at:
+            raise Boom("failing in validation")
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch ended.*")
+@pytest.mark.parametrize(("how", "done"), [("should_stop", FAIL_AT + 1), ("validation", FAIL_AT)])
+def test_stop_or_validation_error_after_a_step_resumes_exactly(
+    tmp_path: Path, uninterrupted: list[list[float]], how: str, done: int
+) -> None:
+    """What the callback relies on: ``trainer.should_stop`` and an in-epoch validation take effect after the optimizer
+    step finished, so nothing is pending; a checkpoint then resumes at the uninterrupted run's LRs."""
+    seed_everything(3)
+    model = StoppingModel(stop_at=FAIL_AT, how=how)
+    ckpt = tmp_path / "stopped.ckpt"
+    val = (
+        {"limit_val_batches": 1, "val_check_interval": FAIL_AT, "num_sanity_val_steps": 0}
+        if how == "validation"
+        else {}
+    )
+    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[_callback()], **val)
+    try:
+        trainer.fit(model)
+    except Boom:
+        assert how == "validation"
+    trainer.save_checkpoint(ckpt)
+    assert len(model.lrs) == done
+    assert flat(model.lrs) == pytest.approx(flat(uninterrupted[:done]), rel=1e-9, abs=0.0)
+    assert _scheduled(model) == pytest.approx(_scheduled_at(uninterrupted, done), rel=1e-9)
+    assert flat(_resume(tmp_path, ckpt)) == pytest.approx(flat(uninterrupted[done:]), rel=1e-9, abs=0.0)
