@@ -136,3 +136,21 @@ def test_pure_api_accepts_numpy_numbers() -> None:
     rescale_(opt, [], np.float32(2.0))
     assert opt.param_groups[0]["lr"] == pytest.approx(2 * LR)
     LinearWarmup(opt, np.int64(3), np.float32(0.5)).remove()
+
+
+def test_numpy_floor_of_a_scheduler_is_scaled(tmp_path: Path) -> None:
+    """A floor from a config system (``eta_min=np.float32(...)``) is scaled with the LRs, as a Python float is."""
+
+    def fit(f: float, callbacks: list[Any]) -> list[float]:
+        seed_everything(5)
+        build = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=3, eta_min=np.float32(0.02) * f)  # noqa: E731
+        model = LRModel(lr=LR * f, scheduler=build)
+        quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks).fit(model)
+        return flat(model.lrs)
+
+    scaled = fit(1.0, [BatchScalingCallback(base_batch_size=2)])
+    assert scaled == pytest.approx(fit(4.0, []), rel=1e-9, abs=0.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3, eta_min=np.float32(0.01))
+    rescale_(opt, [sched], 4.0)
+    assert float(sched.eta_min) == pytest.approx(0.04)

@@ -204,6 +204,10 @@ def test_bad_lr_attributes_are_refused() -> None:
     sched.lrbs_lr_attributes = "base_lrs"  # type: ignore[assignment]
     with pytest.raises(ValueError, match=r"must be a tuple of attribute names"):
         rescale_(opt, [sched], 2.0)
+    sched.lrbs_lr_attributes = ("base_lrs", "switch_name")  # type: ignore[assignment]
+    sched.switch_name = "three"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"`DeclaredPeakScheduler.switch_name` named in .* got 'three'"):
+        rescale_(opt, [sched], 2.0)
     sched.lrbs_lr_attributes = ("base_lrs", "peaks")  # type: ignore[assignment]
     sched.peaks = [0.1, 0.2]  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match=r"`DeclaredPeakScheduler.peaks` has 2 values for 1 param groups"):

@@ -162,6 +162,11 @@ def _check_schedulers(schedulers: Sequence[Any]) -> None:
             if not hasattr(scheduler, name):
                 raise ValueError(f"`{cls.__name__}.{LR_ATTRIBUTES_KEY}` names {name!r}, which the scheduler lacks")
             value = getattr(scheduler, name)
+            if not (value is None or isinstance(value, (list, tuple, torch.Tensor)) or as_float(value) is not None):
+                raise ValueError(
+                    f"`{cls.__name__}.{name}` named in `{LR_ATTRIBUTES_KEY}` must hold a learning rate (a number, a "
+                    f"tensor or a list with one per param group), got {value!r}"
+                )
             if isinstance(value, (list, tuple)) and len(value) != groups:
                 raise ValueError(
                     f"`{cls.__name__}.{name}` has {len(value)} values for {groups} param groups: a list named in "
@@ -361,7 +366,7 @@ def rescale_(
                 setattr(scheduler, key, type(values)(scaled))
         for key in scalar_keys:
             value = getattr(scheduler, key, None)
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+            if value is None or (as_float(value) is None and not isinstance(value, torch.Tensor)):
                 continue
             if all(mask):
                 setattr(scheduler, key, scale(value, f))
