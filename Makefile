@@ -21,7 +21,11 @@ JSONARGPARSE_OLDEST ?= 4.27.7
 OLDEST_DESELECT := \
 	tests/test_callback.py::TestResume::test_interrupted_and_resumed_equals_uninterrupted \
 	tests/test_callback.py::TestResume::test_resume_with_more_accumulation_rescales_by_the_ratio \
-	tests/test_warmup.py::TestResume::test_resumed_mid_warmup_equals_uninterrupted
+	tests/test_warmup.py::TestResume::test_resumed_mid_warmup_equals_uninterrupted \
+	tests/test_interrupts.py::test_checkpoint_saved_on_exception_holds_scheduled_lr_and_resume_continues_exactly \
+	tests/test_interrupts.py::test_handler_saving_after_fit_raised_writes_scheduled_lr \
+	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
+	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
 
 .PHONY: venv install test test-oldest lint demo sweep bench clean
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lightning_lrbs._coerce import as_int
+
 __all__ = ["check_positive_int", "effective_batch_size", "loader_batch_size"]
 
 
 def check_positive_int(value: object, name: str) -> int:
-    """Validate a positive int (not a bool), naming the argument in the error.
+    """Validate a positive int (not a bool; NumPy integers and 0-d integer arrays count), naming the argument in the
+    error. Returns a Python ``int``.
 
     Example::
 
@@ -30,9 +33,10 @@ def check_positive_int(value: object, name: str) -> int:
         ...
         ValueError: `base_batch_size` must be a positive int, got 0
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    integer = as_int(value)
+    if integer is None or integer < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return value
+    return integer
 
 
 def loader_batch_size(loader: Any) -> int | None:
@@ -74,8 +78,8 @@ def effective_batch_size(per_rank_batch_sizes: int | Sequence[int], accumulation
         >>> effective_batch_size([32, 30], accumulation=4)
         248
     """
-    check_positive_int(accumulation, "accumulation")
-    if isinstance(per_rank_batch_sizes, int):
+    accumulation = check_positive_int(accumulation, "accumulation")
+    if as_int(per_rank_batch_sizes) is not None or not isinstance(per_rank_batch_sizes, Sequence):
         size = check_positive_int(per_rank_batch_sizes, "batch_size")
         return size * check_positive_int(world_size, "world_size") * accumulation
     sizes = [check_positive_int(b, "batch_size") for b in per_rank_batch_sizes]

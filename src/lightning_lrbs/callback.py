@@ -29,8 +29,15 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from lightning_lrbs._coerce import as_float, check_bool
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
-from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
+from lightning_lrbs.rescale import (
+    check_numeric_lrs,
+    flatten_schedulers,
+    rescale_,
+    scalable_groups,
+    unsaved_schedulers,
+)
 from lightning_lrbs.rules import Rule, scale_factor, validate_rule
 from lightning_lrbs.summary import describe_scaling, format_factor, optimizer_names, scaling_hparams, scaling_warnings
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
@@ -63,9 +70,12 @@ class BatchScalingCallback(pl.Callback):
             ``GradientAccumulationScheduler``); not together with either.
 
     Raises:
-        ValueError: If an argument is invalid (named in the message), and, when training starts, if the module has
-            no optimizer, the per-device batch size cannot be found, or a callable rule returns a non-finite or
-            non-positive factor. Nothing is changed before such an error.
+        ValueError: If an argument is invalid (named in the message; NumPy numbers count as Python ones, flags must
+            be bools), and, when training starts, if the module has no optimizer, a param group that is not opted
+            out has no numeric ``lr`` (``Adafactor(relative_step=True)``), a scheduler is of a class whose stored
+            LRs are not known (neither torch's nor timm's, and no ``lrbs_lr_attributes``), the per-device batch size
+            cannot be found, or a callable rule returns a non-finite or non-positive factor. Nothing is changed
+            before such an error.
 
     Example::
 
@@ -95,19 +105,15 @@ class BatchScalingCallback(pl.Callback):
         self.rule: Rule = validate_rule(rule)
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.warmup_steps = check_warmup_steps(warmup_steps)
-        if (
-            isinstance(warmup_epochs, bool)
-            or not isinstance(warmup_epochs, (int, float))
-            or not math.isfinite(warmup_epochs)
-            or warmup_epochs < 0
-        ):
+        epochs = as_float(warmup_epochs)  # Python or NumPy number; not a bool
+        if epochs is None or not math.isfinite(epochs) or epochs < 0:
             raise ValueError(f"`warmup_epochs` must be a non-negative finite number, got {warmup_epochs!r}")
-        if warmup_steps and warmup_epochs:
+        if self.warmup_steps and epochs:
             raise ValueError(
                 f"give either `warmup_steps` or `warmup_epochs`, not both: got warmup_steps={warmup_steps!r} "
                 f"and warmup_epochs={warmup_epochs!r}"
             )
-        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_epochs = epochs
         self.warmup_start_factor = (
             None if warmup_start_factor is None else check_start_factor(warmup_start_factor, "warmup_start_factor")
         )
@@ -117,7 +123,7 @@ class BatchScalingCallback(pl.Callback):
                 "`warmup_epochs`",
                 category=RuntimeWarning,
             )
-        self.log_lr = bool(log_lr)
+        self.log_lr = check_bool(log_lr, "log_lr")
         self.accumulation = None if accumulation is None else check_positive_int(accumulation, "accumulation")
         self._reset()
 
@@ -174,11 +180,12 @@ class BatchScalingCallback(pl.Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning stands a `_MockOptimizer` without param groups in for a `configure_optimizers` returning None.
-        if not any(group for opt in trainer.optimizers for group in opt.param_groups if "lr" in group):
+        if not any(opt.param_groups for opt in trainer.optimizers):
             raise ValueError(
                 f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
                 f"{type(pl_module).__name__} returned no optimizer"
             )
+        check_numeric_lrs(trainer.optimizers)  # `lr=None` (Adafactor) or no `lr` key: nothing to scale
         scheduler_cls = self._pl.callbacks.GradientAccumulationScheduler
         if self.accumulation is not None and (
             trainer.accumulate_grad_batches != 1
@@ -222,6 +229,22 @@ class BatchScalingCallback(pl.Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_warmup()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # A step that raised inside `optimizer.step` (training_step runs in its closure) left the warmed LR in place.
+        self._remove_warmup()
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Saved from inside a step (`OnExceptionCheckpoint` before this callback, a SLURM signal): write scheduled LRs.
+        states = checkpoint.get("optimizer_states")
+        if self._warmup is not None and self._warmup.pending and isinstance(states, list):
+            for index, state in enumerate(states[: len(self._warmup.optimizers)]):
+                if isinstance(state, dict):
+                    self._warmup.unwarm_state_dict(index, state)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -328,7 +351,9 @@ class BatchScalingCallback(pl.Callback):
         first = self._per_rank is None
         warmup_steps = self._warmup_length(trainer) if first else 0  # can fail: before anything changes
 
-        rescale_(optimizers, schedulers, relative)
+        rescale_(optimizers, schedulers, relative)  # checks everything before it changes anything
+        if first and previous is not None:  # resumed: schedulers that save no LRs were rebuilt at the module's LRs
+            rescale_(optimizers, unsaved_schedulers(schedulers), applied, param_groups=False)
 
         self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
         self._factors = targets
@@ -423,7 +448,8 @@ class BatchScalingCallback(pl.Callback):
         for index, (optimizer, names) in enumerate(zip(trainer.optimizers, self._lr_names)):
             w = self._warmup.factor(index, step) if self._warmup is not None else 1.0
             for group, active, name in zip(optimizer.param_groups, scalable_groups(optimizer), names):
-                metrics[name] = float(group["lr"]) * (w if active else 1.0)
+                if group.get("lr") is not None:  # an opted-out group may have none (Adafactor's relative step)
+                    metrics[name] = float(group["lr"]) * (w if active else 1.0)
         self._log_metrics(trainer, metrics)
 
     def _log_scale(self, trainer: Any) -> None:

@@ -28,6 +28,8 @@ from typing import Literal, get_args
 
 import torch
 
+from lightning_lrbs._coerce import as_float
+
 __all__ = [
     "ADAPTIVE_OPTIMIZERS",
     "RULES",
@@ -152,8 +154,10 @@ def scale_factor(ratio: float, rule: Rule = "linear", optimizer: torch.optim.Opt
         >>> scale_factor(4.0, lambda r: r**0.25)
         1.4142135623730951
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
-        raise ValueError(f"the batch-size ratio must be a finite positive number, got {ratio!r}")
+    given = ratio
+    ratio = as_float(given)  # type: ignore[assignment]
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
+        raise ValueError(f"the batch-size ratio must be a finite positive number, got {given!r}")
     resolved = resolve_rule(rule, optimizer)
     if resolved == "linear":
         return float(ratio)
@@ -162,11 +166,12 @@ def scale_factor(ratio: float, rule: Rule = "linear", optimizer: torch.optim.Opt
     if resolved == "none":
         return 1.0
     assert callable(resolved)  # noqa: S101 - narrowed by validate_rule
-    factor = resolved(float(ratio))
-    if isinstance(factor, torch.Tensor) and factor.numel() == 1:
-        factor = factor.item()
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+    returned = resolved(float(ratio))
+    if isinstance(returned, torch.Tensor) and returned.numel() == 1:
+        returned = returned.reshape(())
+    factor = as_float(returned)  # Python, NumPy and 0-d array or tensor numbers
+    if factor is None or not math.isfinite(factor) or factor <= 0:
         raise ValueError(
-            f"`rule` {rule_name(resolved)!r} must return a finite positive factor, got {factor!r} for ratio {ratio:g}"
+            f"`rule` {rule_name(resolved)!r} must return a finite positive factor, got {returned!r} for ratio {ratio:g}"
         )
-    return float(factor)
+    return factor

@@ -83,7 +83,12 @@ def describe_scaling(
     for optimizer, factor, label in zip(optimizers, factors, labels):
         before, after = [], []
         for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
-            now = float(group.get("initial_lr", group["lr"]))
+            value = group.get("initial_lr", group.get("lr"))
+            if value is None:  # an opted-out group without a numeric LR (Adafactor's relative step)
+                before.append("None")
+                after.append("None (kept)")
+                continue
+            now = float(value)
             before.append(f"{now / factor:.4g}" if active else f"{now:.4g}")
             after.append(f"{now:.4g}" if active else f"{now:.4g} (kept)")
         how = f"{rule_name(resolve_rule(rule, optimizer))} ×{format_factor(factor)}: " if rule == "auto" else ""

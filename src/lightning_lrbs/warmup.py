@@ -31,7 +31,8 @@ import torch
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from lightning_lrbs.rescale import scalable_groups
+from lightning_lrbs._coerce import as_float, as_int, is_bool
+from lightning_lrbs.rescale import check_numeric_lrs, scalable_groups
 
 __all__ = ["LinearWarmup", "check_start_factor", "check_warmup_steps", "default_start_factor", "warmup_factor"]
 
@@ -46,9 +47,10 @@ def check_warmup_steps(warmup_steps: object, name: str = "warmup_steps") -> int:
         ...
         ValueError: `warmup_steps` must be a non-negative int, got -1
     """
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+    steps = as_int(warmup_steps)
+    if steps is None or steps < 0:
         raise ValueError(f"`{name}` must be a non-negative int, got {warmup_steps!r}")
-    return warmup_steps
+    return steps
 
 
 def check_start_factor(start_factor: object, name: str = "warmup_start_factor") -> float:
@@ -61,14 +63,10 @@ def check_start_factor(start_factor: object, name: str = "warmup_start_factor") 
         ...
         ValueError: `warmup_start_factor` must be in [0, 1], got 1.5
     """
-    if (
-        isinstance(start_factor, bool)
-        or not isinstance(start_factor, (int, float))
-        or not math.isfinite(start_factor)
-        or not 0.0 <= start_factor <= 1.0
-    ):
+    value = as_float(start_factor)
+    if value is None or not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {start_factor!r}")
-    return float(start_factor)
+    return value
 
 
 def default_start_factor(scale_factor: float) -> float:
@@ -141,10 +139,13 @@ class LinearWarmup:
     ) -> None:
         self.optimizers: list[Optimizer] = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
         self.warmup_steps = check_warmup_steps(warmup_steps)
-        factors = [start_factor] * len(self.optimizers) if isinstance(start_factor, (int, float)) else start_factor
+        scalar = as_float(start_factor) is not None or is_bool(start_factor) or isinstance(start_factor, str)
+        factors = [start_factor] * len(self.optimizers) if scalar else list(start_factor)  # type: ignore[arg-type]
         if len(factors) != len(self.optimizers):
             raise ValueError(f"`start_factor` has {len(factors)} values for {len(self.optimizers)} optimizers")
         self.start_factors = [check_start_factor(s, "start_factor") for s in factors]
+        if self.warmup_steps:
+            check_numeric_lrs(self.optimizers)
         self.step_fn = step_fn
         self.steps = [0] * len(self.optimizers)
         # Per optimizer: the (group, scheduled lr) pairs taken out by the pre-hook and not yet put back.
@@ -219,10 +220,84 @@ class LinearWarmup:
             else:
                 group["lr"] = lr
 
+    @property
+    def pending(self) -> bool:
+        """Whether a step started (its LR warmed) and has not finished: the optimizer holds warmed LRs now."""
+        return any(p is not None for p in self._pending)
+
+    def restore(self) -> bool:
+        """Put back the scheduled LR of a step that started but never finished, because it raised.
+
+        In Lightning's automatic optimization the forward and backward pass run inside ``optimizer.step`` (as its
+        closure), after the pre-hook warmed the LR; an exception there (an error, ``KeyboardInterrupt``) skips the
+        post-hook that puts the scheduled LR back. Call this when catching such an exception, before saving a
+        checkpoint or stepping the scheduler. The step does not count: the next ``optimizer.step()`` is warmed at the
+        same step :math:`t` again. A no-op when no step is pending.
+
+        Returns:
+            Whether an LR was put back.
+
+        Example::
+
+            >>> w = torch.nn.Parameter(torch.zeros(1))
+            >>> opt = torch.optim.SGD([w], lr=0.8)
+            >>> warmup = LinearWarmup(opt, warmup_steps=4, start_factor=0.25)
+            >>> def closure():
+            ...     raise KeyboardInterrupt
+            >>> try:
+            ...     opt.step(closure)
+            ... except KeyboardInterrupt:
+            ...     warmup.restore()
+            True
+            >>> opt.param_groups[0]["lr"], warmup.steps
+            (0.8, [0])
+            >>> warmup.remove()
+        """
+        restored = False
+        for index in range(len(self.optimizers)):
+            if self._pending[index] is not None:
+                restored = True
+                self._last_step[index] = None  # the retried step is not a step twice at the same t
+            self._restore(index)
+        return restored
+
+    def unwarm_state_dict(self, index: int, state_dict: dict[str, Any]) -> None:
+        """Replace, in a copy of ``optimizers[index].state_dict()`` taken while its step is pending, the warmed LRs by
+        the scheduled ones, so that a checkpoint written from inside a step holds what a finished step would leave.
+
+        The state dict is changed in place (its param-group dicts are copies, ``optimizer.state_dict()`` makes them);
+        a tensor LR is replaced by a copy of the scheduled one, never written into. Nothing happens when no step is
+        pending or the state dict has another layout (a sharded strategy's).
+
+        Example::
+
+            >>> w = torch.nn.Parameter(torch.zeros(1))
+            >>> opt = torch.optim.SGD([w], lr=0.8)
+            >>> warmup = LinearWarmup(opt, warmup_steps=4, start_factor=0.25)
+            >>> saved = []
+            >>> def closure():
+            ...     state = opt.state_dict()
+            ...     warmup.unwarm_state_dict(0, state)
+            ...     saved.append((opt.param_groups[0]["lr"], state["param_groups"][0]["lr"]))
+            >>> opt.step(closure)
+            >>> saved
+            [(0.2, 0.8)]
+            >>> warmup.remove()
+        """
+        pending = self._pending[index]
+        groups = state_dict.get("param_groups")
+        optimizer_groups = self.optimizers[index].param_groups
+        if pending is None or not isinstance(groups, list) or len(groups) != len(optimizer_groups):
+            return
+        position = {id(group): i for i, group in enumerate(optimizer_groups)}
+        for group, lr in pending:
+            i = position.get(id(group))
+            if i is not None and isinstance(groups[i], dict) and "lr" in groups[i]:
+                groups[i]["lr"] = lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
+
     def remove(self) -> None:
         """Detach the hooks, putting back any LR still warmed."""
-        for index in range(len(self.optimizers)):
-            self._restore(index)
+        self.restore()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
