@@ -28,6 +28,8 @@ def describe_scaling(
     nodes: int = 1,
     warmup_steps: int = 0,
     start_factors: Sequence[float] = (),
+    details: Sequence[str] = (),
+    tail: str = "",
 ) -> str:
     """One line with the numbers: how the effective batch is made up, the rule, each optimizer's LRs before → after.
 
@@ -46,6 +48,8 @@ def describe_scaling(
         nodes: Nodes, shown when several.
         warmup_steps: Warmup length in optimizer steps (``0``: not shown).
         start_factors: The warmup start factor of each optimizer.
+        details: Per optimizer, further changes to append to its entry (``betas (0.9, 0.999) → ...``), or ``""``.
+        tail: A last part, e.g. ``EMA decay 0.999 → 0.996``.
 
     Example::
 
@@ -66,19 +70,25 @@ def describe_scaling(
     if accumulation > 1:
         parts.append(f"{accumulation} accumulation")
     text = f"effective batch {effective} = {' × '.join(parts)}; base {base}; rule {rule_name(rule)}"
+    per_optimizer = rule in ("auto", "sde")
     entries = []
-    for optimizer, factor in zip(optimizers, factors):
+    for index, (optimizer, factor) in enumerate(zip(optimizers, factors)):
         before, after = [], []
         for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
             now = float(group.get("initial_lr", group["lr"]))
             before.append(f"{now / factor:.4g}" if active else f"{now:.4g}")
             after.append(f"{now:.4g}" if active else f"{now:.4g} (kept)")
-        how = f"{rule_name(resolve_rule(rule, optimizer))} ×{factor:.2f}: " if rule == "auto" else ""
-        entries.append(f"{type(optimizer).__name__} {how}{', '.join(before)} → {', '.join(after)}")
-    if rule == "auto":
+        how = f"{rule_name(resolve_rule(rule, optimizer))} ×{factor:.2f}: " if per_optimizer else ""
+        lr = "lr " if index < len(details) and details[index] else ""
+        entries.append(f"{type(optimizer).__name__} {how}{lr}{', '.join(before)} → {', '.join(after)}")
+        if lr:
+            entries[-1] += f", {details[index]}"
+    if per_optimizer:
         text += " → " + "; ".join(entries)
     else:
         text += f" → LR ×{factors[0]:.2f}: " + "; ".join(entries)
     if warmup_steps and start_factors:
         text += f"; warmup {warmup_steps} steps from " + "/".join(f"×{s:.3g}" for s in dict.fromkeys(start_factors))
+    if tail:
+        text += f"; {tail}"
     return text
