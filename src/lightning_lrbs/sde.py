@@ -387,8 +387,7 @@ def plan_time_constants(
 
     Originals come from ``state`` (a previous :meth:`TimeConstantPlan.state_dict`, e.g. from a checkpoint) where it
     holds them, else from the optimizers and schedulers as they are. A β₁ that a momentum-cycling scheduler moves every
-    step is rescaled from its current value by :math:`\kappa / \kappa_\text{applied}` (the scheduler overwrites it from
-    its scaled range at its next step).
+    step keeps its position within the (rescaled) range, so it equals what the scheduler sets on that range.
 
     Args:
         optimizers: The optimizers, after their LRs were (or will be) scaled by ``factors``.
@@ -445,12 +444,7 @@ def plan_time_constants(
                 if key == "betas":
                     b1, b2 = _check_betas(original, f"{what} `betas`", rule_text)
                     new_b2 = scale_beta(b2, sde_kappa)
-                    if id(optimizer) in cycled:
-                        now = _check_unit(group["betas"][0], f"{what} `betas`[0]", rule_text)
-                        new_b1 = scale_beta(now, sde_kappa / applied)
-                    else:
-                        new_b1 = scale_beta(b1, sde_kappa)
-                    plan[key] = ((b1, b2), (new_b1, new_b2))
+                    plan[key] = ((b1, b2), (scale_beta(b1, sde_kappa), new_b2))
                 elif key == "eps":
                     e = _check_nonnegative(original, f"{what} `eps`", rule_text)
                     plan[key] = (e, scale_eps(e, sde_kappa))
@@ -461,6 +455,10 @@ def plan_time_constants(
                 else:  # alpha, max_momentum, base_momentum
                     u = _check_unit(original, f"{what} `{key}`", rule_text)
                     plan[key] = (u, scale_beta(u, sde_kappa))
+            if id(optimizer) in cycled and "betas" in plan:
+                now = _check_unit(group["betas"][0], f"{what} `betas`[0]", rule_text)
+                (b1, b2), (_, new_b2) = plan["betas"]
+                plan["betas"] = ((b1, b2), (_cycled_beta1(now, group, plan, sde_kappa / applied), new_b2))
             plans.append(plan)
         groups.append(plans)
 
@@ -506,6 +504,22 @@ def _governed_keys(optimizer: Optimizer, group: Mapping[str, Any], family: str |
     if "weight_decay" in group and has_decoupled_weight_decay(optimizer, group):
         keys.append("weight_decay")
     return [k for k in keys if k in group]
+
+
+def _cycled_beta1(now: float, group: Mapping[str, Any], plan: Mapping[str, tuple[Any, Any]], ratio: float) -> float:
+    r"""The β₁ a momentum-cycling scheduler would have set at the same point of its cycle on the new range.
+
+    ``OneCycleLR`` and ``CyclicLR`` set :math:`\beta_1 = lo + p\,(hi - lo)` (``lo``, ``hi`` the range ends,
+    ``base_momentum`` and ``max_momentum``; :math:`p` the schedule's position), linear in the ends: keep :math:`p` and
+    change the ends. Without the range in the group, :math:`\beta_1^{\kappa/\kappa_\text{applied}}`.
+    """
+    if "base_momentum" in plan and "max_momentum" in plan:
+        lo, hi = float(group["base_momentum"]), float(group["max_momentum"])
+        new_lo, new_hi = float(plan["base_momentum"][1]), float(plan["max_momentum"][1])
+        if hi == lo:
+            return new_lo
+        return new_lo + (now - lo) / (hi - lo) * (new_hi - new_lo)
+    return scale_beta(now, ratio)
 
 
 def _beta1_cycled(schedulers: Sequence[Any]) -> set[int]:
