@@ -23,7 +23,7 @@ OLDEST_DESELECT := \
 	tests/test_callback.py::TestResume::test_resume_with_more_accumulation_rescales_by_the_ratio \
 	tests/test_warmup.py::TestResume::test_resumed_mid_warmup_equals_uninterrupted
 
-.PHONY: venv install test test-oldest lint demo sweep bench clean
+.PHONY: venv install test test-oldest lint demo sweep sde-sweep bench clean
 
 venv: $(VENV)/.deps
 
@@ -72,6 +72,10 @@ demo: install
 # The scaling experiment of docs/scaling/ (about 11 min on 2 CPU cores).
 sweep: install
 	$(BIN)/python examples/scaling_sweep.py --data-dir $(DATA_DIR) --output-dir docs/scaling
+
+# The rule="sde" experiment of docs/sde/ (Adam: sqrt / sde / linear, EMA gap).
+sde-sweep: install
+	$(BIN)/python examples/sde_sweep.py --data-dir $(DATA_DIR) --output-dir docs/sde
 
 # Benchmarks of docs/benchmarks.md (about 60 min on 2 CPU cores); not part of make test.
 bench: install

@@ -288,7 +288,7 @@ class TimeConstantPlan:
         groups: Per optimizer, per param group: ``key -> (original, new)`` for every key the plan governs.
         schedulers: ``(scheduler, key, originals, new values)`` for ``CyclicLR``'s β₁ range.
         emas: ``(averaged model, attribute, original decay, new decay)``.
-        names: Per optimizer, per group: the name hyperparameters are logged under (``Adam``, ``Adam/pg1`` ...).
+        scheduler_state: Per scheduler, the originals of its β₁ range (``{}`` for schedulers without one).
     """
 
     kappa: float
