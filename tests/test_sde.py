@@ -220,6 +220,17 @@ class TestResume:
         snapshot, _, _ = fit(tmp_path, factory, callback, max_epochs=2, ckpt_path=path)
         assert snapshot.start[0] == approx(expected(family, kappa))
 
+    @needs_weight_averaging
+    def test_accumulation_schedule_moves_kappa_from_the_originals(self, tmp_path: Path) -> None:
+        from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+        ema = EMAWeightAveraging(decay=0.9)
+        callback = BatchScalingCallback(base_batch_size=8, rule="sde")  # kappa 2, then 4 from epoch 1
+        snapshot, _, _ = fit(tmp_path, adam(), callback, GradientAccumulationScheduler({0: 1, 1: 2}), ema,
+                             max_epochs=3, limit_train_batches=4)  # fmt: skip
+        assert snapshot.beta1 == pytest.approx([0.9**2] * 4 + [0.9**4] * 4, rel=1e-12)
+        assert averaged_model_ema(ema._average_model) == ("avg_fn", pytest.approx(0.9**4))  # type: ignore[arg-type]
+
     def test_checkpoint_without_the_callback_is_scaled_once(self, tmp_path: Path) -> None:
         factory = FAMILIES["AdamW"][0]
         _, trainer, _ = fit(tmp_path, factory, None)
