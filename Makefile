@@ -27,7 +27,7 @@ OLDEST_DESELECT := \
 	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
 	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
 
-.PHONY: venv install test test-oldest lint demo sweep bench clean
+.PHONY: venv install test test-oldest lint demo sweep sde-sweep bench clean
 
 venv: $(VENV)/.deps
 
@@ -76,6 +76,10 @@ demo: install
 # The scaling experiment of docs/scaling/ (about 11 min on 2 CPU cores).
 sweep: install
 	$(BIN)/python examples/scaling_sweep.py --data-dir $(DATA_DIR) --output-dir docs/scaling
+
+# The rule="sde" experiment of docs/sde/ (Adam: sqrt / sde / linear, EMA gap).
+sde-sweep: install
+	$(BIN)/python examples/sde_sweep.py --data-dir $(DATA_DIR) --output-dir docs/sde
 
 # Benchmarks of docs/benchmarks.md (about 60 min on 2 CPU cores); not part of make test.
 bench: install

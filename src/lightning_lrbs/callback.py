@@ -39,6 +39,7 @@ from lightning_lrbs.rescale import (
     unsaved_schedulers,
 )
 from lightning_lrbs.rules import Rule, scale_factor, validate_rule
+from lightning_lrbs.sde import TimeConstantPlan, plan_time_constants
 from lightning_lrbs.summary import describe_scaling, format_factor, optimizer_names, scaling_hparams, scaling_warnings
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
 
@@ -54,7 +55,9 @@ class BatchScalingCallback(pl.Callback):
         rule: How the ratio :math:`r = B_\text{eff} / B_\text{base}` maps to the LR factor: ``"linear"``
             (:math:`r`, Goyal et al. 2017), ``"sqrt"`` (:math:`\sqrt r`, Krizhevsky 2014; Malladi et al. 2022 for
             adaptive optimizers), ``"auto"`` (per optimizer: ``sqrt`` for adaptive ones such as Adam, ``linear``
-            otherwise, as timm does), ``"none"`` (1), or a callable ``f(r) -> float``.
+            otherwise, as timm does), ``"none"`` (1), ``"sde"`` (per optimizer: ``linear`` for SGD, ``sqrt`` for
+            the Adam family and RMSprop with their betas, eps and RMSprop's alpha following the batch, Malladi et al.
+            2022; see :mod:`lightning_lrbs.sde`), or a callable ``f(r) -> float``.
         batch_size: Per-device batch size, for loaders that do not expose one. ``None`` reads it from the train
             loader(s) Lightning actually uses, or from the first batch.
         warmup_steps: Linear warmup length in optimizer steps (``0``: none).
@@ -68,6 +71,12 @@ class BatchScalingCallback(pl.Callback):
         accumulation: Gradient-accumulation steps to count, for manual optimization that accumulates by hand (the
             callback cannot see it). ``None`` reads ``accumulate_grad_batches`` (and a
             ``GradientAccumulationScheduler``); not together with either.
+        scale_weight_decay: Under every rule but ``"none"``, multiply decoupled weight decay (AdamW; Adam, NAdam,
+            RAdam with ``decoupled_weight_decay=True``) by :math:`\kappa / f`, so :math:`\eta\lambda` per epoch stays
+            (Wang & Aitchison 2024).
+        scale_ema: Under every rule but ``"none"``, raise the decay :math:`\rho` of an ``EMAWeightAveraging`` (or a
+            ``WeightAveraging`` with torch's EMA ``avg_fn``) in the same Trainer to :math:`\rho^\kappa`
+            (Busbridge et al. 2023).
 
     Raises:
         ValueError: If an argument is invalid (named in the message; NumPy numbers count as Python ones, flags must
@@ -97,6 +106,8 @@ class BatchScalingCallback(pl.Callback):
         warmup_start_factor: float | None = None,
         log_lr: bool = True,
         accumulation: int | None = None,
+        scale_weight_decay: bool = True,
+        scale_ema: bool = True,
     ) -> None:
         super().__init__()
         self.base_batch_size = (
@@ -125,6 +136,8 @@ class BatchScalingCallback(pl.Callback):
             )
         self.log_lr = check_bool(log_lr, "log_lr")
         self.accumulation = None if accumulation is None else check_positive_int(accumulation, "accumulation")
+        self.scale_weight_decay = check_bool(scale_weight_decay, "scale_weight_decay")
+        self.scale_ema = check_bool(scale_ema, "scale_ema")
         self._reset()
 
     def _reset(self) -> None:
@@ -138,6 +151,8 @@ class BatchScalingCallback(pl.Callback):
         self._warmup: LinearWarmup | None = None
         self._pending_batch = False
         self._lr_names: list[list[str]] = []
+        self._time_constants: TimeConstantPlan | None = None  # betas, eps, weight decay, EMA (lightning_lrbs.sde)
+        self._time_constant_state: dict[str, Any] | None = None  # their originals, from a checkpoint
         self.summary = ""
 
     # ------------------------------------------------------------------ read-only results
@@ -258,6 +273,7 @@ class BatchScalingCallback(pl.Callback):
             "base_batch_size": self._base,
             "warmup_steps": self._resolved_warmup,
             "warmup_start_factors": self._start_factors,
+            "time_constants": self._time_constant_state,
         }
 
     @override
@@ -268,6 +284,7 @@ class BatchScalingCallback(pl.Callback):
         self._resolved_warmup = state_dict.get("warmup_steps")
         starts = state_dict.get("warmup_start_factors")
         self._start_factors = None if starts is None else [float(s) for s in starts]
+        self._time_constant_state = state_dict.get("time_constants")
 
     # ------------------------------------------------------------------ internals
     def _accumulation_now(self, trainer: Any) -> int:
@@ -350,10 +367,13 @@ class BatchScalingCallback(pl.Callback):
         relative = [t / a for t, a in zip(targets, applied)]
         first = self._per_rank is None
         warmup_steps = self._warmup_length(trainer) if first else 0  # can fail: before anything changes
+        plan = self._plan_time_constants(trainer, optimizers, schedulers, ratio, targets)  # can fail too
 
         rescale_(optimizers, schedulers, relative)  # checks everything before it changes anything
         if first and previous is not None:  # resumed: schedulers that save no LRs were rebuilt at the module's LRs
             rescale_(optimizers, unsaved_schedulers(schedulers), applied, param_groups=False)
+        plan.apply()
+        self._time_constants, self._time_constant_state = plan, plan.state_dict()
 
         self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
         self._factors = targets
@@ -375,6 +395,8 @@ class BatchScalingCallback(pl.Callback):
             warmup_steps=self._resolved_warmup or 0,
             start_factors=self._start_factors or (),
             names=names,
+            details=[plan.describe(i) for i in range(len(optimizers))],
+            tail=plan.describe_ema(),
         )
         if previous is not None and first:  # resumed from a checkpoint that holds scaled LRs
             rescaled = any(a != t for a, t in zip(applied, targets))
@@ -382,10 +404,44 @@ class BatchScalingCallback(pl.Callback):
             self.summary += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
+        hparams = {**self._hparams(trainer, optimizers, names), **self.time_constant_hyperparameters()}
         for logger in trainer.loggers:
-            logger.log_hyperparams(self._hparams(trainer, optimizers, names))
+            logger.log_hyperparams(hparams)
         if first:
             self._warn(optimizers, targets)
+
+    def _plan_time_constants(
+        self,
+        trainer: Any,
+        optimizers: list[torch.optim.Optimizer],
+        schedulers: list[Any],
+        ratio: float,
+        factors: list[float],
+    ) -> TimeConstantPlan:
+        """Betas, eps, weight decay and EMA decay from their originals at this κ (:mod:`lightning_lrbs.sde`)."""
+        averaging = getattr(self._pl.callbacks, "WeightAveraging", None)  # Lightning >= 2.5
+        models = [
+            getattr(cb, "_average_model", None) for cb in trainer.callbacks if averaging and isinstance(cb, averaging)
+        ]
+        previous = self._time_constants
+        return plan_time_constants(
+            optimizers,
+            factors,
+            kappa=ratio,
+            rule=self.rule,
+            schedulers=schedulers,
+            averaged_models=[m for m in models if m is not None],
+            weight_decay=self.scale_weight_decay,
+            ema=self.scale_ema,
+            state=self._time_constant_state,
+            ema_originals=previous.ema_originals() if previous is not None else None,
+        )
+
+    def time_constant_hyperparameters(self) -> dict[str, float]:
+        """The betas, eps, weight decays and EMA decays the callback changed, as now in force, for a logger's
+        ``log_hyperparams``: ``lrbs/beta1-Adam``, ``lrbs/eps-Adam``, ``lrbs/weight_decay-AdamW``, ``lrbs/ema_decay``."""
+        plan = self._time_constants
+        return {} if plan is None else plan.hyperparameters(self._lr_names)
 
     def _warmup_length(self, trainer: Any) -> int:
         """The warmup length in optimizer steps: restored from a checkpoint (never recomputed), or resolved now."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.optim import Optimizer
@@ -41,7 +41,8 @@ from torch.optim import Optimizer
 from lightning_lrbs.batch import check_positive_int, effective_batch_size
 from lightning_lrbs.rescale import flatten_schedulers, rescale_
 from lightning_lrbs.rules import Rule, resolve_rule, rule_name, scale_factor, validate_rule
-from lightning_lrbs.summary import describe_scaling, scaling_warnings
+from lightning_lrbs.sde import plan_time_constants
+from lightning_lrbs.summary import describe_scaling, optimizer_names, scaling_warnings
 from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
 
 __all__ = ["ScalingResult", "scale_for_batch"]
@@ -58,6 +59,8 @@ class ScalingResult:
         rules: The rule each optimizer was scaled with (``"auto"`` resolved to ``"linear"`` or ``"sqrt"``).
         warmup: The running :class:`~lightning_lrbs.warmup.LinearWarmup`, or ``None`` without warmup.
         summary: One line with the numbers, for a log.
+        hyperparameters: The betas, eps, weight decays and EMA decays changed (:mod:`lightning_lrbs.sde`), as now in
+            force, e.g. ``{"lrbs/beta1-Adam": 0.81}``: for a logger's ``log_hyperparams``.
     """
 
     effective_batch_size: int
@@ -66,6 +69,7 @@ class ScalingResult:
     rules: tuple[str, ...]
     warmup: LinearWarmup | None
     summary: str
+    hyperparameters: dict[str, float] = field(default_factory=dict)
 
     @property
     def scale_factor(self) -> float | tuple[float, ...]:
@@ -124,6 +128,9 @@ def scale_for_batch(
     rule: Rule = "linear",
     warmup_steps: int = 0,
     warmup_start_factor: float | None = None,
+    averaged_models: Sequence[Any] = (),
+    scale_weight_decay: bool = True,
+    scale_ema: bool = True,
 ) -> ScalingResult:
     r"""Scale the learning rates of ``optimizers`` and ``schedulers`` to the effective batch size, in place.
 
@@ -154,6 +161,13 @@ def scale_for_batch(
         warmup_start_factor: Multiplier :math:`s` on the scheduled LR at the first step, in [0, 1]. ``None`` starts
             from the unscaled LR, :math:`s = 1/f` (Goyal et al.), or from 0 when :math:`f \le 1`. The LR at
             optimizer step :math:`t` is the scheduled LR times :math:`s + (1 - s)\min(1, t / W)`.
+        averaged_models: ``torch.optim.swa_utils.AveragedModel`` instances whose EMA decay :math:`\rho` becomes
+            :math:`\rho^\kappa` (``get_ema_avg_fn`` / ``get_ema_multi_avg_fn``; others are left alone).
+        scale_weight_decay: Multiply decoupled weight decay by :math:`\kappa / f` (every rule but ``"none"``).
+        scale_ema: Scale the EMA decay of ``averaged_models`` (every rule but ``"none"``).
+
+    Under ``rule="sde"`` the Adam family's betas and eps and RMSprop's alpha and eps follow :math:`\kappa` too
+    (:mod:`lightning_lrbs.sde`); the summary lists every change.
 
     Returns:
         A :class:`ScalingResult` with the effective batch size, the factors, the warmup and a summary line.
@@ -218,9 +232,19 @@ def scale_for_batch(
     rules = [rule_name(resolve_rule(rule, o)) for o in optimizer_list]
 
     owners = _scheduler_owners(optimizer_list, scheduler_list)
+    plan = plan_time_constants(
+        optimizer_list,
+        factors,
+        kappa=ratio,
+        rule=rule,
+        schedulers=scheduler_list,
+        averaged_models=averaged_models,
+        weight_decay=scale_weight_decay,
+        ema=scale_ema,
+    )  # checks every value before changing anything
 
     rescale_(owners, scheduler_list, factors)  # checks the schedulers' optimizers before changing anything
-
+    plan.apply()
     warmup = None
     starts = [start_factor if start_factor is not None else default_start_factor(f) for f in factors]
     if warmup_steps > 0:
@@ -236,7 +260,10 @@ def scale_for_batch(
         devices=world_size if per_device_sizes is None else len(per_device_sizes),
         warmup_steps=warmup_steps,
         start_factors=starts,
+        details=[plan.describe(i) for i in range(len(optimizer_list))],
+        tail=plan.describe_ema(),
     )
     for message in scaling_warnings(rule, optimizer_list, factors, effective, base, "scale_for_batch"):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
-    return ScalingResult(effective, base, tuple(factors), tuple(rules), warmup, summary)
+    hparams = plan.hyperparameters([[f"lrbs/{g}" for g in n.groups] for n in optimizer_names(optimizer_list)])
+    return ScalingResult(effective, base, tuple(factors), tuple(rules), warmup, summary, hparams)

@@ -17,6 +17,9 @@ the learning rates were tuned for, a rule gives the factor :math:`f(r)` applied 
   (arXiv:2205.10287).
 - **auto**: per optimizer, ``sqrt`` for adaptive optimizers (Adam family, RMSprop, Adagrad, Adadelta, LAMB)
   and ``linear`` otherwise, as timm's ``train.py --lr-base-scale`` does.
+- **sde**: per optimizer, ``linear`` for SGD and ``sqrt`` for the Adam family and RMSprop, whose betas, epsilon and
+  averaging constants then follow the batch too (Malladi et al. 2022; see :mod:`lightning_lrbs.sde`); ``sqrt`` and a
+  warning for optimizers without a known SDE rule.
 - a callable ``f(r) -> float``: any rule of your own; it must return a finite positive number.
 """
 
@@ -29,6 +32,7 @@ from typing import Literal, get_args
 import torch
 
 from lightning_lrbs._coerce import as_float
+from lightning_lrbs.sde import sde_lr_rule
 
 __all__ = [
     "ADAPTIVE_OPTIMIZERS",
@@ -42,7 +46,7 @@ __all__ = [
     "validate_rule",
 ]
 
-RuleName = Literal["linear", "sqrt", "auto", "none"]
+RuleName = Literal["linear", "sqrt", "auto", "none", "sde"]
 Rule = RuleName | Callable[[float], float]
 RULES: tuple[str, ...] = get_args(RuleName)
 
@@ -79,8 +83,8 @@ def validate_rule(rule: object, name: str = "rule") -> Rule:
         >>> validate_rule("cubic")
         Traceback (most recent call last):
         ...
-        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none' or a callable ratio -> factor, got 'cubic'
-    """
+        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde' or a callable ratio -> factor, got 'cubic'
+    """  # noqa: E501
     if callable(rule) or (isinstance(rule, str) and rule in RULES):
         return rule  # type: ignore[return-value]
     supported = ", ".join(repr(r) for r in RULES)
@@ -103,10 +107,11 @@ def is_adaptive(optimizer: torch.optim.Optimizer | type[torch.optim.Optimizer]) 
 
 
 def resolve_rule(rule: Rule, optimizer: torch.optim.Optimizer | None = None) -> Rule:
-    """Resolve ``"auto"`` to ``"sqrt"`` or ``"linear"`` for ``optimizer``; other rules are returned as they are.
+    """Resolve ``"auto"`` and ``"sde"`` to ``"sqrt"`` or ``"linear"`` for ``optimizer``; other rules are returned as
+    they are.
 
     Raises:
-        ValueError: If ``rule`` is ``"auto"`` and no optimizer is given, or ``rule`` is not supported.
+        ValueError: If ``rule`` is ``"auto"`` or ``"sde"`` and no optimizer is given, or ``rule`` is not supported.
 
     Example::
 
@@ -114,6 +119,10 @@ def resolve_rule(rule: Rule, optimizer: torch.optim.Optimizer | None = None) -> 
         'sqrt'
     """
     validate_rule(rule)
+    if rule == "sde":
+        if optimizer is None:
+            raise ValueError("`rule='sde'` needs the optimizer to choose between 'linear' and 'sqrt'")
+        return sde_lr_rule(optimizer)
     if rule != "auto":
         return rule
     if optimizer is None:
@@ -137,8 +146,9 @@ def scale_factor(ratio: float, rule: Rule = "linear", optimizer: torch.optim.Opt
 
     Args:
         ratio: :math:`r = B_\text{eff} / B_\text{base}`, a finite positive number.
-        rule: ``"linear"``, ``"sqrt"``, ``"none"``, ``"auto"`` (needs ``optimizer``) or a callable ``f(r)``.
-        optimizer: The optimizer whose LR is scaled; only used by ``"auto"``.
+        rule: ``"linear"``, ``"sqrt"``, ``"none"``, ``"auto"`` or ``"sde"`` (both need ``optimizer``) or a callable
+            ``f(r)``.
+        optimizer: The optimizer whose LR is scaled; only used by ``"auto"`` and ``"sde"``.
 
     Returns:
         The factor, a finite positive float.

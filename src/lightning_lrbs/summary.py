@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from lightning_lrbs.rescale import scalable_groups
 from lightning_lrbs.rules import Rule, is_adaptive, resolve_rule, rule_name
+from lightning_lrbs.sde import unknown_sde_optimizers
 
 __all__ = [
     "OptimizerName",
@@ -38,6 +39,8 @@ def describe_scaling(
     warmup_steps: int = 0,
     start_factors: Sequence[float] = (),
     names: Sequence[str] | None = None,
+    details: Sequence[str] = (),
+    tail: str = "",
 ) -> str:
     """One line with the numbers: how the effective batch is made up, the rule, each optimizer's LRs before → after.
 
@@ -58,6 +61,8 @@ def describe_scaling(
         start_factors: The warmup start factor of each optimizer.
         names: Each optimizer's name, as ``LearningRateMonitor`` gives it (:func:`optimizer_names`); default the
             class names. Factors print exactly where a short decimal is exact (:func:`format_factor`).
+        details: Per optimizer, further changes to append to its entry (``betas (0.9, 0.999) → ...``), or ``""``.
+        tail: A last part, e.g. ``EMA decay 0.999 → 0.996``.
 
     Example::
 
@@ -78,9 +83,10 @@ def describe_scaling(
     if accumulation > 1:
         parts.append(f"{accumulation} accumulation")
     text = f"effective batch {effective} = {' × '.join(parts)}; base {base}; rule {rule_name(rule)}"
+    per_optimizer = rule in ("auto", "sde")
     entries = []
     labels = list(names) if names is not None else [type(o).__name__ for o in optimizers]
-    for optimizer, factor, label in zip(optimizers, factors, labels):
+    for index, (optimizer, factor, label) in enumerate(zip(optimizers, factors, labels)):
         before, after = [], []
         for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
             value = group.get("initial_lr", group.get("lr"))
@@ -91,15 +97,20 @@ def describe_scaling(
             now = float(value)
             before.append(f"{now / factor:.4g}" if active else f"{now:.4g}")
             after.append(f"{now:.4g}" if active else f"{now:.4g} (kept)")
-        how = f"{rule_name(resolve_rule(rule, optimizer))} ×{format_factor(factor)}: " if rule == "auto" else ""
-        entries.append(f"{label} {how}{', '.join(before)} → {', '.join(after)}")
-    if rule == "auto":
+        how = f"{rule_name(resolve_rule(rule, optimizer))} ×{format_factor(factor)}: " if per_optimizer else ""
+        lr = "lr " if index < len(details) and details[index] else ""
+        entries.append(f"{label} {how}{lr}{', '.join(before)} → {', '.join(after)}")
+        if lr:
+            entries[-1] += f", {details[index]}"
+    if per_optimizer:
         text += " → " + "; ".join(entries)
     else:
         text += f" → LR ×{format_factor(factors[0])}: " + "; ".join(entries)
     if warmup_steps and start_factors:
         starts = "/".join(f"×{format_factor(s)}" for s in dict.fromkeys(start_factors))
         text += f"; warmup {warmup_steps} steps from {starts}"
+    if tail:
+        text += f"; {tail}"
     return text
 
 
@@ -198,6 +209,7 @@ def scaling_warnings(
     - The factor is 1 for every optimizer although the rule is not ``"none"``: nothing was scaled.
     - The linear rule scaled an adaptive optimizer (:func:`~lightning_lrbs.rules.is_adaptive`) by a factor other
       than 1: adaptive optimizers usually follow the square-root rule (Malladi et al. 2022, arXiv:2205.10287).
+    - ``rule="sde"`` met an optimizer it knows no SDE rule for: only its LR follows, by the square-root rule.
 
     Args:
         rule: The rule as given. optimizers: The optimizers. factors: Each optimizer's factor.
@@ -214,6 +226,12 @@ def scaling_warnings(
         scale_for_batch: the LR factor is 1 (effective batch 8, base 8, rule sqrt): nothing to scale
     """
     messages = []
+    unknown = unknown_sde_optimizers(optimizers) if rule == "sde" else []
+    if unknown:
+        messages.append(
+            f"{who}: rule='sde' knows no SDE rule for {', '.join(unknown)}: their LR follows the square-root rule "
+            "and nothing else of theirs is changed"
+        )
     if rule != "none" and all(f == 1.0 for f in factors):
         messages.append(
             f"{who}: the LR factor is 1 (effective batch {effective}, base {base}, rule {rule_name(rule)}): "
