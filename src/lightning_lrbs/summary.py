@@ -6,13 +6,14 @@ Pure Python over torch optimizers, no Lightning import.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch.optim import Optimizer
 
 from lightning_lrbs.rescale import scalable_groups
 from lightning_lrbs.rules import Rule, resolve_rule, rule_name
 
-__all__ = ["describe_scaling"]
+__all__ = ["describe_scaling", "lr_monitor_names"]
 
 
 def describe_scaling(
@@ -82,3 +83,55 @@ def describe_scaling(
     if warmup_steps and start_factors:
         text += f"; warmup {warmup_steps} steps from " + "/".join(f"×{s:.3g}" for s in dict.fromkeys(start_factors))
     return text
+
+
+def lr_monitor_names(
+    optimizers: Sequence[Optimizer], scheduled: Sequence[tuple[Optimizer, str | None]] = ()
+) -> list[list[str]]:
+    """The names ``LearningRateMonitor`` gives each param group of each optimizer, in the order of ``optimizers``.
+
+    Follows ``lightning.pytorch.callbacks.LearningRateMonitor`` (``_find_names_from_schedulers``,
+    ``_find_names_from_optimizers``, ``_add_prefix``, ``_add_suffix``): optimizers with a scheduler are named first, in
+    the schedulers' order, as the scheduler config's ``name`` or ``lr-<Optimizer>``; then the others as
+    ``lr-<Optimizer>``. Each unnamed use of an optimizer class counts, and its ``n``-th use (``n > 1``) gets ``-<n-1>``.
+    Several param groups add ``/<group name>`` or ``/pg<i>`` (1-based); a single group adds ``/<group name>`` when
+    it has one. Groups added after training started (``optimizer.add_param_group``) are named the same way.
+
+    Args:
+        optimizers: The optimizers, in the Trainer's order.
+        scheduled: ``(optimizer, name)`` of each scheduler config in the Trainer's order; ``name`` is the config's
+            ``"name"`` or ``None``.
+
+    Example::
+
+        >>> import torch
+        >>> p = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+        >>> a = torch.optim.SGD([{"params": [p[0]]}, {"params": [p[1]], "name": "head"}], lr=0.1)
+        >>> b = torch.optim.SGD([p[2]], lr=0.1)
+        >>> lr_monitor_names([a, b]), lr_monitor_names([a, b], [(b, "cosine")])
+        ([['lr-SGD/pg1', 'lr-SGD/head'], ['lr-SGD-1']], [['lr-SGD/pg1', 'lr-SGD/head'], ['cosine']])
+    """
+    counts: dict[type[Any], int] = {}
+    names: dict[int, list[str]] = {}
+
+    def add(optimizer: Optimizer, name: str, counted: bool) -> None:
+        cls = type(optimizer)
+        if counted:
+            counts[cls] = counts.get(cls, 0) + 1
+        if counts.get(cls, 0) > 1:
+            name += f"-{counts[cls] - 1}"
+        groups = optimizer.param_groups
+        if len(groups) > 1:
+            names[id(optimizer)] = [f"{name}/{g.get('name', f'pg{i}')}" for i, g in enumerate(groups, start=1)]
+        else:
+            names[id(optimizer)] = [f"{name}/{g['name']}" if g.get("name") else name for g in groups]
+
+    for optimizer, config_name in scheduled:
+        if id(optimizer) not in names:
+            add(optimizer, config_name or f"lr-{type(optimizer).__name__}", counted=config_name is None)
+        elif config_name is None:  # a second scheduler on one optimizer: LearningRateMonitor counts it again
+            counts[type(optimizer)] = counts.get(type(optimizer), 0) + 1
+    for optimizer in optimizers:
+        if id(optimizer) not in names:
+            add(optimizer, f"lr-{type(optimizer).__name__}", counted=True)
+    return [names[id(optimizer)] for optimizer in optimizers]
