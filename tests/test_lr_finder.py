@@ -80,7 +80,8 @@ def test_tuner_lr_find_then_fit_trains_at_the_suggestion(tmp_path: Path) -> None
     result = Tuner(trainer).lr_find(model, min_lr=MIN_LR, max_lr=MAX_LR, num_training=SWEEP, early_stop_threshold=None)
     assert result is not None
     suggestion = result.suggestion()
-    assert suggestion is not None and model.lr == suggestion
+    assert suggestion is not None
+    assert model.lr == suggestion
     assert model.lrs == sweep_lrs(tmp_path)
     model.lrs.clear()
 
@@ -96,7 +97,8 @@ def test_lr_not_from_the_finder_is_scaled(tmp_path: Path) -> None:
     """A finder that keeps the module's LR (``update_attr=False``) leaves it to the rule: ×2."""
     model = LRModel(batch_size=2)
     callback = BatchScalingCallback(base_batch_size=1)
-    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=20, callbacks=[finder(update_attr=False), callback])
+    callbacks = [finder(update_attr=False), callback]
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=20, callbacks=callbacks)
     trainer.fit(model)
     assert model.lrs[SWEEP:] == [pytest.approx([0.2, 0.1], rel=REL)] * 20
     assert "LR finder" not in callback.summary

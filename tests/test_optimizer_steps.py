@@ -78,7 +78,8 @@ def test_warmup_epochs_counts_every_optimizers_steps(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path)
     trainer = quiet_trainer(tmp_path, max_epochs=2, logger=logger, log_every_n_steps=1, callbacks=[callback])
     trainer.fit(model)
-    assert callback.warmup is None and "warmup 8 steps from ×0.25" in callback.summary
+    assert callback.warmup is None
+    assert "warmup 8 steps from ×0.25" in callback.summary
     assert [(t, i) for t, i, _ in model.steps] == [(t, t % 2) for t in range(16)]
     for t, index, lrs in model.steps:
         assert lrs == pytest.approx([(0.1, 0.05)[index] * 4 * w(t, 8, 0.25)], rel=REL), f"step {t}"

@@ -94,7 +94,8 @@ def test_ema_weight_averaging_keeps_working(tmp_path: Path) -> None:
     w = [0.5 + 0.5 * min(1.0, t / 4) for t in range(8)]
     assert model.lrs == [pytest.approx([0.2 * w[t], 0.1 * w[t]], rel=REL) for t in range(8)]
     averaged = ema._average_model
-    assert averaged is not None and int(averaged.n_averaged) == 8
+    assert averaged is not None
+    assert int(averaged.n_averaged) == 8
     # At the end of training EMA copies the average into the module.
     for mine, theirs in zip(model.parameters(), averaged.module.parameters()):
         assert torch.equal(mine, theirs)

@@ -32,6 +32,7 @@ from typing_extensions import override
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
 from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
 from lightning_lrbs.rules import Rule, is_adaptive, rule_name, scale_factor, validate_rule
+from lightning_lrbs.spawn import ResultChannel
 from lightning_lrbs.summary import describe_scaling, lr_monitor_names
 from lightning_lrbs.warmup import (
     LinearWarmup,
@@ -123,6 +124,7 @@ class BatchScalingCallback(pl.Callback):
         self._tuned: tuple[float, int] | None = None  # (suggestion, accumulation) of a `Tuner.lr_find` fit
         self._swa_originals: dict[int, Any] = {}  # id(StochasticWeightAveraging) -> its swa_lrs as the user gave them
         self._setup_accumulation = 1
+        self._channel = ResultChannel()  # brings the workers' results back under `ddp_spawn`
         self._reset()
 
     def _reset(self) -> None:
@@ -142,29 +144,52 @@ class BatchScalingCallback(pl.Callback):
         self.summary = ""
 
     # ------------------------------------------------------------------ read-only results
+    _REPORTED: ClassVar[tuple[str, ...]] = (
+        *("_per_rank", "_accumulation", "_effective", "_base", "_factors"),
+        *("_resolved_warmup", "_start_factors", "_finder_base", "_summary"),
+    )
+
+    def _received(self) -> BatchScalingCallback:
+        """Self, updated with what the spawned workers applied (``ddp_spawn``), if they sent anything."""
+        report = self._channel.receive()
+        if report is not None:
+            self.__dict__.update(report)
+        return self
+
+    @property
+    def summary(self) -> str:
+        """The summary line of the last change of scale (``""`` before training starts)."""
+        return self._received()._summary
+
+    @summary.setter
+    def summary(self, value: str) -> None:
+        self._summary = value
+
     @property
     def effective_batch_size(self) -> int | None:
         """The effective batch size now in force (``None`` before training starts)."""
-        return self._effective
+        return self._received()._effective
 
     @property
     def per_device_batch_size(self) -> int | None:
         """The batch size rank zero feeds (``None`` before training starts)."""
-        return None if self._per_rank is None else self._per_rank[0]
+        per_rank = self._received()._per_rank
+        return None if per_rank is None else per_rank[0]
 
     @property
     def scale_factors(self) -> tuple[float, ...]:
         """The LR factor now applied to each optimizer, relative to the module's own LRs."""
-        return tuple(self._factors or ())
+        return tuple(self._received()._factors or ())
 
     @property
     def scale_factor(self) -> float | tuple[float, ...] | None:
         """The LR factor now applied; a tuple (one per optimizer) when ``rule="auto"`` gives them different ones."""
-        if not self._factors:
+        factors = self._received()._factors
+        if not factors:
             return None
-        if all(f == self._factors[0] for f in self._factors):
-            return self._factors[0]
-        return tuple(self._factors)
+        if all(f == factors[0] for f in factors):
+            return factors[0]
+        return tuple(factors)
 
     @property
     def warmup(self) -> LinearWarmup | None:
@@ -255,6 +280,8 @@ class BatchScalingCallback(pl.Callback):
                 lr = self._suggestion(callback)
                 if lr is not None:
                     self._tuned = (lr, int(trainer.accumulate_grad_batches))
+        if stage == "fit" and trainer.global_rank == 0:  # a `ddp_spawn` worker reports to the launching process
+            self._channel.send({key: self.__dict__[key] for key in self._REPORTED})
 
     @override
     def state_dict(self) -> dict[str, Any]:
