@@ -102,3 +102,32 @@ def test_lr_not_from_the_finder_is_scaled(tmp_path: Path) -> None:
     trainer.fit(model)
     assert model.lrs[SWEEP:] == [pytest.approx([0.2, 0.1], rel=REL)] * 20
     assert "LR finder" not in callback.summary
+
+
+class EpochStartFinder(LearningRateFinder):
+    """Lightning's documented fine-tuning pattern: the finder sweeps when an epoch starts, after training started."""
+
+    def on_fit_start(self, *args: Any) -> None:
+        return
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 0:
+            self.lr_find(trainer, pl_module)
+
+
+def test_sweep_in_the_middle_of_training_is_not_warmed(tmp_path: Path) -> None:
+    """The callback's warmup hooks are on the optimizer when this finder sweeps: the sweep must still use exactly the
+    finder's LRs. Afterwards the run trains at the suggestion, warmed from step 0."""
+    model = LRModel(batch_size=2)
+    callback = BatchScalingCallback(base_batch_size=1, warmup_steps=4)
+    lr_finder = EpochStartFinder(min_lr=MIN_LR, max_lr=MAX_LR, num_training_steps=SWEEP, early_stop_threshold=None)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=20, callbacks=[callback, lr_finder])
+    trainer.fit(model)
+    assert model.lrs[:SWEEP] == sweep_lrs(tmp_path)
+    assert lr_finder.optimal_lr is not None
+    suggestion = lr_finder.optimal_lr.suggestion()
+    assert suggestion is not None
+    training = model.lrs[SWEEP:]
+    assert len(training) == 20
+    for t, got in enumerate(training):
+        assert got == pytest.approx([suggestion * (0.5 + 0.5 * min(1.0, t / 4))] * 2, rel=REL), f"step {t}"

@@ -157,3 +157,27 @@ def test_backbone_finetuning_group_is_logged(tmp_path: Path) -> None:
     assert len(values["lrbs/lr-SGD/pg3"]) == 4
     for t in range(4, 8):  # the added group starts at 0.1 × the scaled group-0 LR, and is warmed like the others
         assert model.lrs[t][2] == pytest.approx(0.02 * w(t, 6, 0.5), rel=REL), f"step {t}"
+
+
+class AlternateSteps(TwoOptimizers):
+    """The second optimizer steps on even batches only: 6 steps an epoch, not 2 × 4."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        for index, (optimizer, layer) in enumerate(zip(self.optimizers(), (self.layer, self.other))):
+            if index == 1 and batch_idx % 2:
+                continue
+            optimizer.zero_grad()
+            self.manual_backward(layer(batch).sum())
+            optimizer.step()
+
+
+def test_warmup_epochs_warns_when_an_epoch_made_other_steps(tmp_path: Path) -> None:
+    """``warmup_epochs`` is converted before the first step, assuming every optimizer steps once per batch (8 steps);
+    the first epoch made 6. The callback says so (the warmup stays 8 steps: it is never restarted)."""
+    model = AlternateSteps()
+    callback = BatchScalingCallback(base_batch_size=2, warmup_epochs=1)
+    with pytest.warns(RuntimeWarning, match=r"converted with 8 optimizer steps per epoch, but the first epoch made 6"):
+        quiet_trainer(tmp_path, max_epochs=2, callbacks=[callback]).fit(model)
+    assert [t for t, _, _ in model.steps] == list(range(12))
+    for t, index, lrs in model.steps:
+        assert lrs == pytest.approx([(0.1, 0.05)[index] * 4 * w(t, 8, 0.25)], rel=REL), f"step {t}"

@@ -21,6 +21,7 @@ The math lives in :mod:`lightning_lrbs.rules`, :mod:`lightning_lrbs.rescale`, :m
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any, ClassVar
@@ -456,11 +457,16 @@ class BatchScalingCallback(pl.Callback):
                 self._start_factors = [default_start_factor(f) for f in starts]
         if self._resolved_warmup > 0:
             self._warmup = LinearWarmup(
-                optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: trainer.global_step
+                optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: self._warmup_step(trainer)
             )
         if self.log_lr:  # registered after the warmup's pre-hook: sees the LR the step really uses
             for index, optimizer in enumerate(optimizers):
                 self._log_handles.append(optimizer.register_step_pre_hook(self._make_log_hook(trainer, index)))
+
+    def _warmup_step(self, trainer: Any) -> int:
+        """``trainer.global_step``; past the warmup's end (no warming) while an LR finder sweeps in the middle of
+        training: its fit loop runs with its own callbacks only, and its sweep must use the LRs it sets."""
+        return trainer.global_step if self in trainer.callbacks else sys.maxsize
 
     def _remove_warmup(self) -> None:
         if self._warmup is not None:
