@@ -131,3 +131,33 @@ def test_sweep_in_the_middle_of_training_is_not_warmed(tmp_path: Path) -> None:
     assert len(training) == 20
     for t, got in enumerate(training):
         assert got == pytest.approx([suggestion * (0.5 + 0.5 * min(1.0, t / 4))] * 2, rel=REL), f"step {t}"
+
+
+def test_resume_keeps_the_batch_the_finder_swept_at(tmp_path: Path) -> None:
+    """The swept batch is saved as the base: resumed with accumulation 2 (no finder), the LR is the suggestion × 2
+    (rule(4 / 2)), not × rule(4 / base_batch_size) = 4."""
+    model = LRModel(batch_size=2)
+    lr_finder = finder()
+    first = quiet_trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=20,
+        enable_checkpointing=True,
+        callbacks=[lr_finder, BatchScalingCallback(base_batch_size=1)],
+    )
+    first.fit(model)
+    assert lr_finder.optimal_lr is not None
+    suggestion = lr_finder.optimal_lr.suggestion()
+    assert suggestion is not None
+    assert model.lrs[SWEEP:] == [pytest.approx([suggestion] * 2, rel=REL)] * 20
+    checkpoint = first.checkpoint_callback.best_model_path  # type: ignore[union-attr]
+
+    resumed = LRModel(batch_size=2)
+    callback = BatchScalingCallback(base_batch_size=1)
+    second = quiet_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=20, accumulate_grad_batches=2, callbacks=[callback]
+    )
+    second.fit(resumed, ckpt_path=checkpoint)
+    assert resumed.lrs == [pytest.approx([2 * suggestion] * 2, rel=REL)] * 10
+    assert callback.scale_factor == 2.0
+    assert "swept at batch 2: base 2, not 1" in callback.summary
