@@ -201,6 +201,7 @@ class BatchScalingCallback(pl.Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":  # a new fit starts from the module's own LRs; a resume restores state after this
+            self._received()  # drop an unread report of an earlier `ddp_spawn` fit
             self._remove_warmup()
             self._reset()
             self._setup_accumulation = int(trainer.accumulate_grad_batches)  # what an LR finder sweep runs with
