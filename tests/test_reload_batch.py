@@ -7,7 +7,12 @@ LRs are recorded by the module's ``on_before_optimizer_step`` (inside ``optimize
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,3 +92,21 @@ def test_reload_with_the_same_batch_size_changes_nothing(tmp_path: Path, caplog:
         quiet_trainer(tmp_path, max_epochs=3, reload_dataloaders_every_n_epochs=1, callbacks=[callback]).fit(model)
     assert model.lrs == [pytest.approx([0.2, 0.1], rel=REL)] * 12
     assert sum(r.getMessage().startswith("effective batch") for r in caplog.records) == 1
+
+
+@pytest.mark.slow
+def test_ddp_ranks_regather_their_sizes_at_each_reload(tmp_path: Path) -> None:
+    """2 ranks (gloo): epoch 0 feeds 8 + 8 = 16 (×2 at base 8), epoch 1 feeds 8 + 4 = 12 (×1.5) after the reload; both
+    ranks apply the same LRs at every step."""
+    script = Path(__file__).resolve().parent / "scripts" / "ddp_reload_fit.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONWARNINGS="ignore")
+    subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=300)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:
+        assert rank["effective"] == 12
+        assert rank["lrs"] == [pytest.approx([0.1 * f, 0.05 * f], rel=REL) for f in (2.0, 2.0, 1.5, 1.5)]
+    assert ranks[0]["summary"].startswith("effective batch 12 = (8 + 4) over ranks; base 8; rule linear → LR ×1.50")

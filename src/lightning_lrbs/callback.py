@@ -443,7 +443,8 @@ class BatchScalingCallback(pl.Callback):
             self._accumulation_now(trainer) if automatic else 1,
             1 if automatic else len(trainer.optimizers),
         )
-        self._steps_check = (per_epoch, trainer.global_step)  # checked when the first epoch ends
+        if trainer.ckpt_path is None:  # a whole first epoch: checked when it ends
+            self._steps_check = (per_epoch, trainer.global_step)
         return int(math.ceil(self.warmup_epochs * per_epoch - 1e-9))
 
     def _start_warmup(
