@@ -64,9 +64,8 @@ def logged(path: Path) -> dict[str, list[float]]:
     """Every value of every ``lrbs/<LR name>`` column of the CSVLogger's metrics file, in row order."""
     with open(path / "lightning_logs" / "version_0" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    columns = [
-        c for c in rows[0] if c.startswith("lrbs/") and c.split("/")[1] not in ("scale_factor", "effective_batch_size")
-    ]
+    skip = ("lrbs/scale_factor", "lrbs/effective_batch_size")
+    columns = [c for c in rows[0] if c.startswith("lrbs/") and not c.startswith(skip)]
     return {c: [float(r[c]) for r in rows if r[c] != ""] for c in columns}
 
 
@@ -181,3 +180,59 @@ def test_warmup_epochs_warns_when_an_epoch_made_other_steps(tmp_path: Path) -> N
     assert [t for t, _, _ in model.steps] == list(range(12))
     for t, index, lrs in model.steps:
         assert lrs == pytest.approx([(0.1, 0.05)[index] * 4 * w(t, 8, 0.25)], rel=REL), f"step {t}"
+
+
+class ThreeOptimizers(BoringModel):
+    """Manual optimization over three optimizers: SGD with an unnamed scheduler, SGD without one, and Adam (two
+    groups, one named ``head``) with a scheduler named ``cosine``; each steps once per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.a, self.b, self.c = torch.nn.Linear(32, 2), torch.nn.Linear(32, 2), torch.nn.Linear(32, 2)
+        self.used: dict[int, list[list[float]]] = {0: [], 1: [], 2: []}
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        for optimizer, layer in zip(self.optimizers(), (self.a, self.b, self.c)):
+            optimizer.zero_grad()
+            self.manual_backward(layer(batch).sum())
+            optimizer.step()
+
+    def configure_optimizers(self) -> Any:
+        first = torch.optim.SGD(self.a.parameters(), lr=0.1)
+        second = torch.optim.SGD(self.b.parameters(), lr=0.2)
+        groups = [{"params": [self.c.weight]}, {"params": [self.c.bias], "name": "head"}]
+        third = torch.optim.Adam(groups, lr=0.01)
+        return [first, second, third], [
+            {"scheduler": torch.optim.lr_scheduler.StepLR(first, 2), "interval": "step"},
+            {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(third, 8), "name": "cosine"},
+        ]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        index = [o.optimizer for o in self.optimizers()].index(optimizer)
+        self.used[index].append([float(g["lr"]) for g in optimizer.param_groups])
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(RandomDataset(32, 64), batch_size=8)
+
+
+def test_names_are_learning_rate_monitors_for_several_optimizers(tmp_path: Path) -> None:
+    """The ``lrbs/`` names are exactly ``LearningRateMonitor``'s (repeated class, scheduler ``name``, group ``name``),
+    and each holds the LRs its optimizer's steps used (warmup of 6 steps over the 3 optimizers' steps)."""
+    model = ThreeOptimizers()
+    monitor = LearningRateMonitor()
+    callback = BatchScalingCallback(base_batch_size=4, warmup_steps=6)
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, logger=CSVLogger(tmp_path), log_every_n_steps=1, callbacks=[callback, monitor]
+    )
+    trainer.fit(model)
+    values = logged(tmp_path)
+    assert {name.removeprefix("lrbs/") for name in values} == set(monitor.lrs)
+    assert set(values) == {"lrbs/lr-SGD", "lrbs/lr-SGD-1", "lrbs/cosine/pg1", "lrbs/cosine/head"}
+    for name, index, group in [
+        ("lrbs/lr-SGD", 0, 0),
+        ("lrbs/lr-SGD-1", 1, 0),
+        ("lrbs/cosine/pg1", 2, 0),
+        ("lrbs/cosine/head", 2, 1),
+    ]:
+        assert values[name] == pytest.approx([lrs[group] for lrs in model.used[index]], rel=REL), name
