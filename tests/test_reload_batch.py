@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightning.pytorch.callbacks import BatchSizeFinder
 from lightning.pytorch.demos.boring_classes import RandomDataset
 from lrbs_testing import LRModel, quiet_trainer
 from torch.utils.data import DataLoader, Sampler
@@ -110,3 +111,57 @@ def test_ddp_ranks_regather_their_sizes_at_each_reload(tmp_path: Path) -> None:
         assert rank["effective"] == 12
         assert rank["lrs"] == [pytest.approx([0.1 * f, 0.05 * f], rel=REL) for f in (2.0, 2.0, 1.5, 1.5)]
     assert ranks[0]["summary"].startswith("effective batch 12 = (8 + 4) over ranks; base 8; rule linear → LR ×1.50")
+
+
+class SizeRecordingModel(LRModel):
+    """Records the size of every training batch next to the LRs of every optimizer step (one step per batch), but not
+    in the finder's trial runs (which run with the finder's callbacks only, and restore the weights after)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sizes: list[int] = []
+
+    def _training(self) -> bool:
+        return any(isinstance(c, BatchScalingCallback) for c in self.trainer.callbacks)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self._training():
+            self.sizes.append(len(batch))
+        return super().training_step(batch, batch_idx)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self._training():
+            super().on_before_optimizer_step(optimizer)
+
+
+class EpochStartBatchSizeFinder(BatchSizeFinder):
+    """Lightning's documented fine-tuning pattern: scale the batch size when an epoch starts (here epoch 1)."""
+
+    def on_fit_start(self, *args: Any) -> None:
+        return
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            self.scale_batch_size(trainer, pl_module)
+
+
+@pytest.mark.parametrize("when", ["fit_start", "epoch_start"])
+@pytest.mark.parametrize("finder_first", [True, False])
+def test_batch_size_finder_batch_is_the_one_scaled_for(tmp_path: Path, when: str, finder_first: bool) -> None:
+    """A ``BatchSizeFinder`` rebuilds the loader with the batch it found, before training (``on_fit_start``) or in the
+    middle of it (``on_train_epoch_start``, with no reload configured): every step's LR is 0.1 × its batch / 2."""
+    model = SizeRecordingModel(batch_size=4)
+    kind = BatchSizeFinder if when == "fit_start" else EpochStartBatchSizeFinder
+    finder = kind(mode="power", steps_per_trial=1, init_val=4, max_trials=2)
+    callback = BatchScalingCallback(base_batch_size=2)
+    callbacks = [finder, callback] if finder_first else [callback, finder]
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks).fit(model)
+    found = model.batch_size
+    assert found > 4  # 8 (Lightning 2.6) or 16 (2.1 counts its trials differently)
+    assert len(model.lrs) == len(model.sizes)
+    if when == "epoch_start":
+        assert model.sizes[:4] == [4] * 4
+    assert model.sizes[-1] == found
+    for t, (size, lrs) in enumerate(zip(model.sizes, model.lrs)):
+        assert lrs == pytest.approx([0.1 * size / 2, 0.05 * size / 2], rel=REL), f"step {t}"
+    assert callback.effective_batch_size == found

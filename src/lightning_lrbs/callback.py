@@ -237,6 +237,9 @@ class BatchScalingCallback(pl.Callback):
                 per_rank = self._gather(trainer, local)
         if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
             self._apply(trainer, per_rank)
+        finder = self._pl.callbacks.BatchSizeFinder
+        if self.batch_size is None and any(isinstance(c, finder) for c in getattr(trainer, "callbacks", ())):
+            self._pending_batch = True  # a BatchSizeFinder may rebuild the loader in its own epoch-start hook
 
     @override
     def on_train_batch_start(
@@ -251,7 +254,7 @@ class BatchScalingCallback(pl.Callback):
                     "batch: pass `batch_size=` (the number of samples each device feeds per step)"
                 )
             per_rank = self._gather(trainer, local)
-            if per_rank != self._per_rank:
+            if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
                 self._apply(trainer, per_rank)
 
     @override
