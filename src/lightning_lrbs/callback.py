@@ -21,6 +21,7 @@ The math lives in :mod:`lightning_lrbs.rules`, :mod:`lightning_lrbs.rescale`, :m
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any, ClassVar
@@ -40,8 +41,22 @@ from lightning_lrbs.rescale import (
 )
 from lightning_lrbs.rules import Rule, scale_factor, validate_rule
 from lightning_lrbs.sde import TimeConstantPlan, plan_time_constants
-from lightning_lrbs.summary import describe_scaling, format_factor, optimizer_names, scaling_hparams, scaling_warnings
-from lightning_lrbs.warmup import LinearWarmup, check_start_factor, check_warmup_steps, default_start_factor
+from lightning_lrbs.spawn import ResultChannel
+from lightning_lrbs.summary import (
+    describe_scaling,
+    format_factor,
+    lr_monitor_names,
+    optimizer_names,
+    scaling_hparams,
+    scaling_warnings,
+)
+from lightning_lrbs.warmup import (
+    LinearWarmup,
+    check_start_factor,
+    check_warmup_steps,
+    default_start_factor,
+    steps_per_epoch,
+)
 
 __all__ = ["BatchScalingCallback"]
 
@@ -138,6 +153,10 @@ class BatchScalingCallback(pl.Callback):
         self.accumulation = None if accumulation is None else check_positive_int(accumulation, "accumulation")
         self.scale_weight_decay = check_bool(scale_weight_decay, "scale_weight_decay")
         self.scale_ema = check_bool(scale_ema, "scale_ema")
+        self._tuned: tuple[float, int] | None = None  # (suggestion, accumulation) of a `Tuner.lr_find` fit
+        self._swa_originals: dict[int, Any] = {}  # id(StochasticWeightAveraging) -> its swa_lrs as the user gave them
+        self._setup_accumulation = 1
+        self._channel = ResultChannel()  # brings the workers' results back under `ddp_spawn`
         self._reset()
 
     def _reset(self) -> None:
@@ -153,32 +172,58 @@ class BatchScalingCallback(pl.Callback):
         self._lr_names: list[list[str]] = []
         self._time_constants: TimeConstantPlan | None = None  # betas, eps, weight decay, EMA (lightning_lrbs.sde)
         self._time_constant_state: dict[str, Any] | None = None  # their originals, from a checkpoint
+        self._log_handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._finder_base: int | None = None  # the batch an LR finder swept at, when the module's LR comes from it
+        self._steps_check: tuple[int, int] | None = None  # (expected steps of the first epoch, global_step at start)
         self.summary = ""
 
     # ------------------------------------------------------------------ read-only results
+    _REPORTED: ClassVar[tuple[str, ...]] = (
+        *("_per_rank", "_accumulation", "_effective", "_base", "_factors"),
+        *("_resolved_warmup", "_start_factors", "_finder_base", "_summary"),
+    )
+
+    def _received(self) -> BatchScalingCallback:
+        """Self, updated with what the spawned workers applied (``ddp_spawn``), if they sent anything."""
+        report = self._channel.receive()
+        if report is not None:
+            self.__dict__.update(report)
+        return self
+
+    @property
+    def summary(self) -> str:
+        """The summary line of the last change of scale (``""`` before training starts)."""
+        return self._received()._summary
+
+    @summary.setter
+    def summary(self, value: str) -> None:
+        self._summary = value
+
     @property
     def effective_batch_size(self) -> int | None:
         """The effective batch size now in force (``None`` before training starts)."""
-        return self._effective
+        return self._received()._effective
 
     @property
     def per_device_batch_size(self) -> int | None:
         """The batch size rank zero feeds (``None`` before training starts)."""
-        return None if self._per_rank is None else self._per_rank[0]
+        per_rank = self._received()._per_rank
+        return None if per_rank is None else per_rank[0]
 
     @property
     def scale_factors(self) -> tuple[float, ...]:
         """The LR factor now applied to each optimizer, relative to the module's own LRs."""
-        return tuple(self._factors or ())
+        return tuple(self._received()._factors or ())
 
     @property
     def scale_factor(self) -> float | tuple[float, ...] | None:
         """The LR factor now applied; a tuple (one per optimizer) when ``rule="auto"`` gives them different ones."""
-        if not self._factors:
+        factors = self._received()._factors
+        if not factors:
             return None
-        if all(f == self._factors[0] for f in self._factors):
-            return self._factors[0]
-        return tuple(self._factors)
+        if all(f == factors[0] for f in factors):
+            return factors[0]
+        return tuple(factors)
 
     @property
     def warmup(self) -> LinearWarmup | None:
@@ -189,8 +234,10 @@ class BatchScalingCallback(pl.Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":  # a new fit starts from the module's own LRs; a resume restores state after this
+            self._received()  # drop an unread report of an earlier `ddp_spawn` fit
             self._remove_warmup()
             self._reset()
+            self._setup_accumulation = int(trainer.accumulate_grad_batches)  # what an LR finder sweep runs with
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -218,12 +265,25 @@ class BatchScalingCallback(pl.Callback):
         if local is None:
             self._pending_batch = True  # only the first batch tells; scale before its optimizer step
             return
-        self._apply(trainer, local)
+        self._apply(trainer, self._gather(trainer, local))
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._per_rank is not None and self._accumulation_now(trainer) != self._accumulation:
-            self._apply(trainer, local=None)
+        if self._per_rank is None or self._swa_bn_pass(trainer):  # SWA's BatchNorm pass is no batch change
+            return
+        per_rank = self._per_rank
+        reload = getattr(trainer, "reload_dataloaders_every_n_epochs", 0) > 0
+        if reload and self.batch_size is None:  # the loader may be a new one, with another batch size
+            local = self._local_batch_size(trainer, batch=None)
+            if local is None:
+                self._pending_batch = True  # read it from this epoch's first batch
+            else:
+                per_rank = self._gather(trainer, local)
+        if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
+            self._apply(trainer, per_rank)
+        finder = self._pl.callbacks.BatchSizeFinder
+        if self.batch_size is None and any(isinstance(c, finder) for c in getattr(trainer, "callbacks", ())):
+            self._pending_batch = True  # a BatchSizeFinder may rebuild the loader in its own epoch-start hook
 
     @override
     def on_train_batch_start(
@@ -237,9 +297,24 @@ class BatchScalingCallback(pl.Callback):
                     f"{type(self).__name__} could not find the per-device batch size in the train loader or the first "
                     "batch: pass `batch_size=` (the number of samples each device feeds per step)"
                 )
-            self._apply(trainer, local)
-        if self.log_lr and trainer.loggers:
-            self._log_lr(trainer)
+            per_rank = self._gather(trainer, local)
+            if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
+                self._apply(trainer, per_rank)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._steps_check is None:
+            return
+        (expected, start), self._steps_check = self._steps_check, None
+        made = trainer.global_step - start
+        stopped = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
+        if made != expected and not stopped:
+            self._pl.utilities.rank_zero.rank_zero_warn(
+                f"{type(self).__name__}: `warmup_epochs={self.warmup_epochs}` was converted with {expected} optimizer "
+                f"steps per epoch, but the first epoch made {made} (trainer.global_step): the warmup lasts "
+                f"{self._resolved_warmup} steps, not {self.warmup_epochs} epoch(s). Give `warmup_steps=` instead",
+                category=RuntimeWarning,
+            )
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -264,6 +339,14 @@ class BatchScalingCallback(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_warmup()
+        # `Tuner.lr_find` ends its fit right after the finder: keep the suggestion for the next fit.
+        for callback in getattr(trainer, "callbacks", ()):
+            if isinstance(callback, self._pl.callbacks.LearningRateFinder) and getattr(callback, "_early_exit", False):
+                lr = self._suggestion(callback)
+                if lr is not None:
+                    self._tuned = (lr, int(trainer.accumulate_grad_batches))
+        if stage == "fit" and trainer.global_rank == 0:  # a `ddp_spawn` worker reports to the launching process
+            self._channel.send({key: self.__dict__[key] for key in self._REPORTED})
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -274,6 +357,7 @@ class BatchScalingCallback(pl.Callback):
             "warmup_steps": self._resolved_warmup,
             "warmup_start_factors": self._start_factors,
             "time_constants": self._time_constant_state,
+            "lr_finder_base": self._finder_base,
         }
 
     @override
@@ -285,6 +369,7 @@ class BatchScalingCallback(pl.Callback):
         starts = state_dict.get("warmup_start_factors")
         self._start_factors = None if starts is None else [float(s) for s in starts]
         self._time_constant_state = state_dict.get("time_constants")
+        self._finder_base = state_dict.get("lr_finder_base")
 
     # ------------------------------------------------------------------ internals
     def _accumulation_now(self, trainer: Any) -> int:
@@ -340,22 +425,26 @@ class BatchScalingCallback(pl.Callback):
         gathered = trainer.strategy.all_gather(tensor)
         return [int(v) for v in gathered.reshape(-1).tolist()]
 
-    def _apply(self, trainer: Any, local: int | None) -> None:
+    def _apply(self, trainer: Any, per_rank: list[int]) -> None:
         """Compute the target factors, then rescale by target / applied. Everything that can fail runs first.
 
-        ``local`` is this rank's batch size, gathered from all ranks the first time; later calls (a change of
-        accumulation) reuse the gathered sizes.
+        ``per_rank`` holds every rank's batch size (:meth:`_gather`); it is re-read when the train loader is reloaded.
         """
-        per_rank = self._per_rank
-        if per_rank is None:
-            assert local is not None  # noqa: S101 - internal invariant
-            per_rank = self._gather(trainer, local)
         accumulation = self._accumulation_now(trainer)
         effective = sum(per_rank) * accumulation
-        base = self.base_batch_size if self.base_batch_size is not None else per_rank[0]
+        nominal = self.base_batch_size if self.base_batch_size is not None else per_rank[0]
+        first = self._per_rank is None
+        found = self._found_lr(trainer) if first and self._factors is None else None
+        if found is not None:  # the LR finder swept at this run's batch: its suggestion is the LR at that batch
+            self._finder_base = sum(per_rank) * found[1]
+        base = self._finder_base if self._finder_base is not None else nominal
         optimizers = list(trainer.optimizers)
         ratio = effective / base
         targets = [scale_factor(ratio, self.rule, opt) for opt in optimizers]
+        # The warmup starts from the LR the rule would have scaled from, also when a finder gave the LR.
+        starts = targets
+        if self._finder_base is not None:
+            starts = [scale_factor(effective / nominal, self.rule, opt) for opt in optimizers]
         previous = self._factors
         if previous is not None and len(previous) != len(optimizers):
             raise ValueError(
@@ -365,7 +454,6 @@ class BatchScalingCallback(pl.Callback):
         applied = previous if previous is not None else [1.0] * len(optimizers)
         schedulers = flatten_schedulers(config.scheduler for config in trainer.lr_scheduler_configs)
         relative = [t / a for t, a in zip(targets, applied)]
-        first = self._per_rank is None
         warmup_steps = self._warmup_length(trainer) if first else 0  # can fail: before anything changes
         plan = self._plan_time_constants(trainer, optimizers, schedulers, ratio, targets)  # can fail too
 
@@ -374,11 +462,12 @@ class BatchScalingCallback(pl.Callback):
             rescale_(optimizers, unsaved_schedulers(schedulers), applied, param_groups=False)
         plan.apply()
         self._time_constants, self._time_constant_state = plan, plan.state_dict()
+        swa_text = self._scale_swa(trainer, targets)
 
         self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
         self._factors = targets
         if first:
-            self._start_warmup(trainer, optimizers, targets, warmup_steps)
+            self._start_warmup(trainer, optimizers, starts, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
         configs = trainer.lr_scheduler_configs
         names = [n.label for n in optimizer_names(optimizers, [(c.scheduler.optimizer, c.name) for c in configs])]
@@ -402,12 +491,18 @@ class BatchScalingCallback(pl.Callback):
             rescaled = any(a != t for a, t in zip(applied, targets))
             applied_text = "/".join(format_factor(a) for a in applied)
             self.summary += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
+        if self._finder_base is not None:
+            self.summary += (
+                f"; the LRs come from the LR finder, which swept at batch {self._finder_base}: base {self._finder_base}"
+                + (f", not {nominal}" if nominal != self._finder_base else "")
+            )
+        self.summary += swa_text
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
         hparams = {**self._hparams(trainer, optimizers, names), **self.time_constant_hyperparameters()}
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
-        if first:
+        if first and self._finder_base is None:
             self._warn(optimizers, targets)
 
     def _plan_time_constants(
@@ -454,59 +549,130 @@ class BatchScalingCallback(pl.Callback):
             raise ValueError(
                 f"`warmup_epochs={self.warmup_epochs}` needs a train loader with a length; use `warmup_steps=` instead"
             )
-        per_epoch = math.ceil(batches / self._accumulation_now(trainer))
+        automatic = trainer.lightning_module.automatic_optimization
+        # Manual optimization: Lightning counts every optimizer's step in `global_step`; assume each steps once a batch.
+        per_epoch = steps_per_epoch(
+            int(batches),
+            self._accumulation_now(trainer) if automatic else 1,
+            1 if automatic else len(trainer.optimizers),
+        )
+        if trainer.ckpt_path is None:  # a whole first epoch: checked when it ends
+            self._steps_check = (per_epoch, trainer.global_step)
         return int(math.ceil(self.warmup_epochs * per_epoch - 1e-9))
 
     def _start_warmup(
-        self, trainer: Any, optimizers: list[torch.optim.Optimizer], targets: list[float], warmup_steps: int
+        self, trainer: Any, optimizers: list[torch.optim.Optimizer], starts: list[float], warmup_steps: int
     ) -> None:
+        """Start the warmup (``starts``: the factors whose inverse is the default start factor) and the LR log."""
         self._resolved_warmup = warmup_steps
         if self._start_factors is None or len(self._start_factors) != len(optimizers):
             if self.warmup_start_factor is not None:
                 self._start_factors = [self.warmup_start_factor] * len(optimizers)
             else:
-                self._start_factors = [default_start_factor(f) for f in targets]
+                self._start_factors = [default_start_factor(f) for f in starts]
         if self._resolved_warmup > 0:
             self._warmup = LinearWarmup(
-                optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: trainer.global_step
+                optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: self._warmup_step(trainer)
             )
+        if self.log_lr:  # registered after the warmup's pre-hook: sees the LR the step really uses
+            for index, optimizer in enumerate(optimizers):
+                self._log_handles.append(optimizer.register_step_pre_hook(self._make_log_hook(trainer, index)))
+
+    def _warmup_step(self, trainer: Any) -> int:
+        """``trainer.global_step``; past the warmup's end (no warming) while an LR finder sweeps in the middle of
+        training: its fit loop runs with its own callbacks only, and its sweep must use the LRs it sets."""
+        return trainer.global_step if self in trainer.callbacks else sys.maxsize
 
     def _remove_warmup(self) -> None:
         if self._warmup is not None:
             self._warmup.remove()
             self._warmup = None
+        for handle in self._log_handles:
+            handle.remove()
+        self._log_handles.clear()
 
     @staticmethod
     def _make_lr_names(optimizers: list[torch.optim.Optimizer]) -> list[list[str]]:
-        """``LearningRateMonitor``'s names under ``lrbs/``: ``lr-<Optimizer>[-<n>]``, plus ``/<group name>`` or, with
-        several groups, ``/pg<i>`` (1-based), so ``lrbs/lr-SGD/pg1`` is the warmed ``lr-SGD/pg1``."""
-        counts: dict[str, int] = {}
-        names: list[list[str]] = []
-        for optimizer in optimizers:
-            name = type(optimizer).__name__
-            seen = counts.get(name, 0)
-            counts[name] = seen + 1
-            stem = f"lrbs/lr-{name}" + (f"-{seen}" if seen else "")
-            groups = optimizer.param_groups
-            if len(groups) > 1:
-                names.append([f"{stem}/{group.get('name', f'pg{i}')}" for i, group in enumerate(groups, start=1)])
-            else:
-                names.append([f"{stem}/{group['name']}" if group.get("name") else stem for group in groups])
-        return names
+        """``LearningRateMonitor``'s names under ``lrbs/`` (without schedulers), e.g. ``lrbs/lr-SGD/pg1``."""
+        return [[f"lrbs/{name}" for name in names] for names in lr_monitor_names(optimizers)]
 
-    def _log_lr(self, trainer: Any) -> None:
-        """Log the LR each group will actually use for the coming step: scheduled LR × warmup factor."""
-        connector = getattr(trainer, "_logger_connector", None)
-        if connector is not None and not connector.should_update_logs:
-            return
-        step = trainer.global_step
-        metrics: dict[str, float] = {}
-        for index, (optimizer, names) in enumerate(zip(trainer.optimizers, self._lr_names)):
-            w = self._warmup.factor(index, step) if self._warmup is not None else 1.0
-            for group, active, name in zip(optimizer.param_groups, scalable_groups(optimizer), names):
-                if group.get("lr") is not None:  # an opted-out group may have none (Adafactor's relative step)
-                    metrics[name] = float(group["lr"]) * (w if active else 1.0)
-        self._log_metrics(trainer, metrics)
+    def _make_log_hook(self, trainer: Any, index: int) -> Any:
+        """An optimizer step pre-hook logging the LR of each of its groups at the step (warmup applied), under the
+        name ``LearningRateMonitor`` gives that group now (groups added later and scheduler ``name`` included)."""
+
+        def log_lr(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            connector = getattr(trainer, "_logger_connector", None)
+            if not trainer.loggers or (connector is not None and not connector.should_update_logs):
+                return
+            if self not in trainer.callbacks:  # an LR finder's sweep runs with its own callbacks only
+                return
+            scheduled = [(getattr(c.scheduler, "optimizer", None), c.name) for c in trainer.lr_scheduler_configs]
+            names = lr_monitor_names(trainer.optimizers, [(o, n) for o, n in scheduled if o is not None])[index]
+            metrics = {
+                f"lrbs/{name}": float(group["lr"])
+                for group, name in zip(optimizer.param_groups, names)
+                if group.get("lr") is not None  # an opted-out group may have none (Adafactor's relative step)
+            }
+            self._log_metrics(trainer, metrics)
+
+        return log_lr
+
+    def _found_lr(self, trainer: Any) -> tuple[float, int] | None:
+        """``(suggestion, accumulation it was swept at)`` when an LR finder set the optimizers' LR, else ``None``.
+
+        A ``LearningRateFinder`` in this fit, or a ``Tuner.lr_find`` fit before it, counts when one of the groups'
+        ``lr`` or ``initial_lr`` equals its suggestion (``lr_find`` writes it into every group, or into the module's
+        LR attribute that ``configure_optimizers`` reads).
+        """
+        found, self._tuned = self._tuned, None
+        for callback in trainer.callbacks:
+            if isinstance(callback, self._pl.callbacks.LearningRateFinder):
+                lr = self._suggestion(callback)
+                if lr is not None:
+                    found = (lr, self._setup_accumulation)
+        if found is None:
+            return None
+        for optimizer in trainer.optimizers:
+            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
+                values = [group["lr"], group.get("initial_lr", group["lr"])]
+                if active and any(math.isclose(float(v), found[0], rel_tol=1e-12) for v in values):
+                    return found
+        return None
+
+    @staticmethod
+    def _suggestion(finder: Any) -> float | None:
+        """The LR a finished ``LearningRateFinder`` wrote into the module (``None`` if it did not)."""
+        result = getattr(finder, "optimal_lr", None)
+        if result is None or not getattr(finder, "_update_attr", True):
+            return None
+        lr = result.suggestion()
+        return None if lr is None else float(lr)
+
+    def _scale_swa(self, trainer: Any, targets: list[float]) -> str:
+        """Give each ``StochasticWeightAveraging`` its ``swa_lrs`` × the factor (SWA allows one optimizer); the
+        ``swa_lr`` its ``SWALR`` already put into the param groups is rescaled with the other LRs."""
+        text = ""
+        for callback in trainer.callbacks:
+            if isinstance(callback, self._pl.callbacks.StochasticWeightAveraging) and targets:
+                original = self._swa_originals.setdefault(id(callback), callback._swa_lrs)
+                f = targets[0]
+                scaled = [lr * f for lr in original] if isinstance(original, list) else original * f
+                callback._swa_lrs = scaled
+                shown = ", ".join(f"{v:.4g}" for v in (original if isinstance(original, list) else [original]))
+                after = ", ".join(f"{v:.4g}" for v in (scaled if isinstance(scaled, list) else [scaled]))
+                text += f"; StochasticWeightAveraging swa_lrs {shown} → {after}"
+        return text
+
+    def _swa_bn_pass(self, trainer: Any) -> bool:
+        """Whether this is the extra epoch in which ``StochasticWeightAveraging`` recomputes BatchNorm statistics
+        (it sets ``accumulate_grad_batches`` to the epoch's length and skips the backward: no batch change)."""
+        return any(
+            isinstance(callback, self._pl.callbacks.StochasticWeightAveraging)
+            and getattr(callback, "_model_contains_batch_norm", False)
+            and getattr(callback, "_max_epochs", -1) != -1
+            and trainer.current_epoch == callback.swa_end + 1
+            for callback in trainer.callbacks
+        )
 
     def _log_scale(self, trainer: Any) -> None:
         metrics = {"lrbs/effective_batch_size": float(self._effective or 0)}

@@ -8,7 +8,8 @@ built, and overwrite it at their next step. :func:`rescale_` scales every stored
 optimizer and its schedulers behave exactly as if they had been built with :math:`f\times` the learning rates and
 :math:`f\times` the LR floors:
 
-- param groups: ``lr``, ``initial_lr``, ``max_lr``, ``min_lr`` (the last three are kept there by ``OneCycleLR``);
+- param groups: ``lr``, ``initial_lr``, ``max_lr``, ``min_lr`` (the last three are kept there by ``OneCycleLR``),
+  ``swa_lr`` (kept there by ``torch.optim.swa_utils.SWALR``);
 - schedulers: ``base_lrs``, ``max_lrs`` (``CyclicLR``), ``_last_lr``, ``min_lrs`` (``ReduceLROnPlateau``);
 - scalar floors: ``eta_min`` (cosine schedules) and ``default_min_lr`` (``ReduceLROnPlateau``);
 - nested schedulers (``SequentialLR``, ``ChainedScheduler``, any depth) are reached once each;
@@ -63,7 +64,7 @@ SKIP_KEY = "lrbs_scale"
 #: scheduler class :func:`rescale_` does not know. ``()`` says it keeps none of its own.
 LR_ATTRIBUTES_KEY = "lrbs_lr_attributes"
 
-_GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+_GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr", "swa_lr")
 _SCHEDULER_LIST_KEYS = ("base_lrs", "max_lrs", "_last_lr", "min_lrs")
 _SCHEDULER_SCALAR_KEYS = ("eta_min", "default_min_lr")
 

@@ -19,6 +19,7 @@ __all__ = [
     "OptimizerName",
     "describe_scaling",
     "format_factor",
+    "lr_monitor_names",
     "optimizer_names",
     "scaling_hparams",
     "scaling_warnings",
@@ -199,6 +200,25 @@ def optimizer_names(
         if id(optimizer) not in seen:
             name_one(optimizer, None)
     return [found[id(o)] for o in optimizers]
+
+
+def lr_monitor_names(
+    optimizers: Sequence[Optimizer], scheduled: Sequence[tuple[object, str | None]] = ()
+) -> list[list[str]]:
+    """The names ``LearningRateMonitor`` gives each param group of each optimizer (:attr:`OptimizerName.groups` of
+    :func:`optimizer_names`), in the order of ``optimizers``; groups added after training started
+    (``optimizer.add_param_group``) are named the same way.
+
+    Example::
+
+        >>> import torch
+        >>> p = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+        >>> a = torch.optim.SGD([{"params": [p[0]]}, {"params": [p[1]], "name": "head"}], lr=0.1)
+        >>> b = torch.optim.SGD([p[2]], lr=0.1)
+        >>> lr_monitor_names([a, b]), lr_monitor_names([a, b], [(b, "cosine")])
+        ([['lr-SGD/pg1', 'lr-SGD/head'], ['lr-SGD-1']], [['lr-SGD/pg1', 'lr-SGD/head'], ['cosine']])
+    """
+    return [list(name.groups) for name in optimizer_names(optimizers, scheduled)]
 
 
 def scaling_warnings(

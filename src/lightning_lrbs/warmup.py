@@ -34,7 +34,14 @@ from torch.utils.hooks import RemovableHandle
 from lightning_lrbs._coerce import as_float, as_int, is_bool
 from lightning_lrbs.rescale import check_numeric_lrs, scalable_groups
 
-__all__ = ["LinearWarmup", "check_start_factor", "check_warmup_steps", "default_start_factor", "warmup_factor"]
+__all__ = [
+    "LinearWarmup",
+    "check_start_factor",
+    "check_warmup_steps",
+    "default_start_factor",
+    "steps_per_epoch",
+    "warmup_factor",
+]
 
 
 def check_warmup_steps(warmup_steps: object, name: str = "warmup_steps") -> int:
@@ -79,6 +86,26 @@ def default_start_factor(scale_factor: float) -> float:
         (0.125, 0.0)
     """
     return 1.0 / scale_factor if scale_factor > 1.0 else 0.0
+
+
+def steps_per_epoch(batches: int, accumulation: int = 1, steps_per_batch: int = 1) -> int:
+    r"""Optimizer steps in one epoch of ``batches`` training batches, counted as ``trainer.global_step`` counts them.
+
+    .. math::
+
+        S = \left\lceil \frac{\text{batches}}{A} \right\rceil \times k
+
+    Automatic optimization: :math:`k = 1`, and the last, incomplete accumulation window of :math:`A` batches steps
+    too (Lightning's ``_accumulation_done`` or last batch). Manual optimization (no accumulation): :math:`A = 1`,
+    :math:`k` = optimizer steps per batch; Lightning counts the step of every optimizer in ``global_step``, so two
+    optimizers stepped once per batch give :math:`k = 2`.
+
+    Example::
+
+        >>> steps_per_epoch(10, accumulation=4), steps_per_epoch(10, steps_per_batch=2)
+        (3, 20)
+    """
+    return math.ceil(batches / accumulation) * steps_per_batch
 
 
 def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
