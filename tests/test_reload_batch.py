@@ -110,7 +110,7 @@ def test_ddp_ranks_regather_their_sizes_at_each_reload(tmp_path: Path) -> None:
     for rank in ranks:
         assert rank["effective"] == 12
         assert rank["lrs"] == [pytest.approx([0.1 * f, 0.05 * f], rel=REL) for f in (2.0, 2.0, 1.5, 1.5)]
-    assert ranks[0]["summary"].startswith("effective batch 12 = (8 + 4) over ranks; base 8; rule linear → LR ×1.50")
+    assert ranks[0]["summary"].startswith("effective batch 12 = (8 + 4) over ranks; base 8; rule linear → LR ×1.5")
 
 
 class SizeRecordingModel(LRModel):
