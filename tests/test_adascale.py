@@ -1,0 +1,274 @@
+"""rule="adascale": the gain against fairscale's AdaScale, the preconditioners against torch's own updates, the
+bounds, and real fits (LR used = scheduled x warmup x gain, resume, refusals)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import pytest
+import torch
+
+from lightning_lrbs.adascale import (
+    AdaScaleLR,
+    adascale_gain,
+    check_adascale_optimizer,
+    gain_from_noise_scale,
+    preconditioner,
+    preconditioner_ready,
+)
+from lightning_lrbs.warmup import LinearWarmup
+
+# ---------------------------------------------------------------------------------------------- gain vs fairscale
+
+
+class _TwoBatchStatistics:
+    """The two-batch estimates of McCandlish et al. (appendix A) with bias-corrected EMAs, computed here from
+    per-micro-batch hooks, independently of fairscale, as the noise-scale estimator does it."""
+
+    def __init__(self, params: list[torch.nn.Parameter], smoothing: float, accumulation: int) -> None:
+        self.params, self.smoothing, self.accumulation = params, smoothing, accumulation
+        self.micro: list[float] = []
+        self._parts: list[float] = []
+        self.sq_biased = self.var_biased = self.weight = 0.0
+        self.raw: list[tuple[float, float]] = []  # each step's unsmoothed (|G|^2, tr Sigma)
+        for p in params:
+            p.register_hook(lambda g: self._parts.append(float((g.double() * self.accumulation).pow(2).sum())))
+
+    def end_micro_batch(self) -> None:
+        self.micro.append(sum(self._parts))
+        self._parts = []
+
+    def end_step(self, b: int) -> None:
+        k = len(self.micro)
+        mean_sq = sum(self.micro) / k
+        sq_of_mean = sum(float(p.grad.double().pow(2).sum()) for p in self.params)
+        big = k * b
+        sq = (big * sq_of_mean - b * mean_sq) / (big - b)
+        var = (mean_sq - sq_of_mean) / (1 / b - 1 / big)
+        self.raw.append((sq, var))
+        beta = self.smoothing
+        self.sq_biased = beta * self.sq_biased + (1 - beta) * sq
+        self.var_biased = beta * self.var_biased + (1 - beta) * var
+        self.weight = beta * self.weight + (1 - beta)
+        self.micro = []
+
+    @property
+    def grad_sq_norm(self) -> float:
+        return self.sq_biased / self.weight
+
+    @property
+    def grad_var(self) -> float:
+        return self.var_biased / self.weight
+
+
+@pytest.mark.parametrize(("scale_over_k", "smoothing"), [(1.0, 0.9), (2.0, 0.5), (0.5, 0.99)])
+def test_gain_equals_fairscale_adascale_on_identical_gradients(scale_over_k: float, smoothing: float) -> None:
+    adascale_module = pytest.importorskip("fairscale.optim.adascale")
+    torch.manual_seed(0)
+    k, b = 4, 8  # micro-batches per step, samples per micro-batch
+    scale = k * scale_over_k  # fairscale's S; its base batch is B_eff / S
+    base_batch = k * b / scale
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    params = list(model.parameters())
+    ours = _TwoBatchStatistics(params, smoothing, k)  # hooks registered on the same parameters: same gradients
+    optimizer = adascale_module.AdaScale(
+        torch.optim.SGD(params, lr=0.002), world_size=1, num_gradients_to_accumulate=k, scale=scale, smoothing=smoothing
+    )
+    target = torch.nn.Linear(6, 1)
+    compared = 0
+    clamped = False
+    for _ in range(30):
+        for _ in range(k):
+            x = torch.randn(b, 6)
+            y = target(x).detach() * 3 + 0.3 * torch.randn(b, 1)
+            (torch.nn.functional.mse_loss(model(x), y) / k).backward()
+            ours.end_micro_batch()
+        ours.end_step(b)
+        sq, var = ours.raw[-1]
+        # fairscale clamps each step's values (|G|^2 >= 0, variance >= 1e-6) before smoothing; compare where it didn't
+        clamped = clamped or sq < 0 or var / base_batch < 1e-6
+        if not clamped:
+            expected = optimizer.gain()
+            got = adascale_gain(ours.grad_sq_norm, ours.grad_var, base_batch, scale)
+            assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+            noise = ours.grad_var / ours.grad_sq_norm
+            assert gain_from_noise_scale(noise, base_batch, k * b) == pytest.approx(got, rel=1e-9)
+            compared += 1
+        optimizer.step()
+        optimizer.zero_grad()
+    optimizer.unhook()
+    assert compared >= 20  # the data keep |G|^2 well above the noise: the clamps never act here
+
+
+def test_gain_differs_from_fairscale_where_its_per_step_clamp_acts() -> None:
+    """At a minimum (|G|^2 ~ 0), single steps estimate |G|^2 < 0: fairscale clamps them to 0 before smoothing, which
+    biases its smoothed |G|^2 upwards; we smooth the unbiased values and clamp only the average."""
+    adascale_module = pytest.importorskip("fairscale.optim.adascale")
+    torch.manual_seed(0)
+    k, b = 4, 8
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()  # the true minimum of y = noise: G = 0
+    params = list(model.parameters())
+    ours = _TwoBatchStatistics(params, 0.9, k)
+    optimizer = adascale_module.AdaScale(
+        torch.optim.SGD(params, lr=0.0), world_size=1, num_gradients_to_accumulate=k, smoothing=0.9
+    )
+    for _ in range(40):
+        for _ in range(k):
+            x = torch.randn(b, 3)
+            (torch.nn.functional.mse_loss(model(x), torch.randn(b, 1)) / k).backward()
+            ours.end_micro_batch()
+        ours.end_step(b)
+        optimizer.step()
+        optimizer.zero_grad()
+    optimizer.unhook()
+    assert any(sq < 0 for sq, _ in ours.raw)
+    ours_gain = adascale_gain(ours.grad_sq_norm, ours.grad_var, b, k)
+    assert ours_gain > optimizer.gain()  # fairscale's clamp inflates |G|^2, so it gains less
+    assert 1.0 <= optimizer.gain() <= k
+    assert 1.0 <= ours_gain <= k
+
+
+# ---------------------------------------------------------------------------------------------- formula and bounds
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.5, 1.0, 2.0, 8.0, 128.0])
+def test_gain_lies_between_one_and_s_and_matches_the_noise_scale_form(scale: float) -> None:
+    torch.manual_seed(1)
+    for sq, var in torch.randn(200, 2).mul(10).tolist():
+        gain = adascale_gain(sq, var, 16, scale)
+        assert min(1.0, scale) <= gain <= max(1.0, scale)
+        if sq > 0 and var > 0:
+            assert gain == pytest.approx(gain_from_noise_scale(var / sq, 16, 16 * scale), rel=1e-12)
+    assert adascale_gain(1.0, 1e12, 16, scale) == pytest.approx(scale, rel=1e-6)  # noise dominates: linear
+    assert adascale_gain(1e12, 1.0, 16, scale) == pytest.approx(1.0, rel=1e-6)  # no noise: no gain
+
+
+def test_bad_batch_sizes_are_refused_naming_the_argument() -> None:
+    with pytest.raises(ValueError, match="`base_batch_size`.*adascale.*0"):
+        adascale_gain(1.0, 1.0, 0, 2)
+    with pytest.raises(ValueError, match="`scale`.*adascale.*nan"):
+        adascale_gain(1.0, 1.0, 8, math.nan)
+    with pytest.raises(ValueError, match="finite"):
+        adascale_gain(math.inf, 1.0, 8, 2)
+
+
+# ---------------------------------------------------------------------------------------------- preconditioners
+
+
+def _one_update(make: Any, steps: int = 3) -> tuple[torch.optim.Optimizer, torch.nn.Parameter, torch.Tensor, float]:
+    torch.manual_seed(2)
+    w = torch.nn.Parameter(torch.randn(5))
+    opt = make([w])
+    for _ in range(steps):
+        w.grad = torch.randn(5)
+        before = w.detach().clone()
+        opt.step()
+    return opt, w, w.detach() - before, float(opt.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize(
+    ("make", "numerator"),
+    [
+        (lambda p: torch.optim.Adam(p, lr=0.1, betas=(0.8, 0.9), eps=1e-3), "adam"),
+        (lambda p: torch.optim.Adam(p, lr=0.1, betas=(0.8, 0.9), eps=1e-3, amsgrad=True), "adam"),
+        (lambda p: torch.optim.AdamW(p, lr=0.1, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.0), "adam"),
+        (lambda p: torch.optim.Adamax(p, lr=0.1, betas=(0.8, 0.9), eps=1e-3), "adam"),
+        (lambda p: torch.optim.RMSprop(p, lr=0.1, alpha=0.9, eps=1e-3), "grad"),
+        (lambda p: torch.optim.RMSprop(p, lr=0.1, alpha=0.9, eps=1e-3, centered=True), "grad"),
+        (lambda p: torch.optim.Adagrad(p, lr=0.1, eps=1e-3), "grad"),
+    ],
+)
+def test_preconditioner_reproduces_the_optimizers_own_update(make: Any, numerator: str) -> None:
+    """After a step, P from the optimizer's state is the denominator that step used: update = -lr * num / P."""
+    opt, w, update, lr = _one_update(make)
+    state = opt.state[w]
+    transform = preconditioner(opt)
+    assert transform is not None
+    assert preconditioner_ready(opt)
+    if numerator == "adam":
+        beta1 = opt.param_groups[0]["betas"][0]
+        num = state["exp_avg"] / (1 - beta1 ** float(state["step"]))
+    else:
+        num = w.grad
+    torch.testing.assert_close(transform(w, num) * -lr, update, rtol=1e-5, atol=1e-7)
+
+
+def test_preconditioner_needs_state_and_sgd_needs_none() -> None:
+    w = torch.nn.Parameter(torch.zeros(2))
+    adam = torch.optim.Adam([w])
+    assert not preconditioner_ready(adam)
+    transform = preconditioner(adam)
+    assert transform is not None
+    with pytest.raises(RuntimeError, match="before its first step"):
+        transform(w, torch.ones(2))
+    assert preconditioner(torch.optim.SGD([w], lr=0.1)) is None
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: torch.optim.LBFGS(p), "cannot scale LBFGS"),
+        (lambda p: torch.optim.RAdam(p), "supports Adam.*got RAdam"),
+        (lambda p: torch.optim.Adadelta(p), "got Adadelta"),
+    ],
+)
+def test_unsupported_optimizers_are_refused(make: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_adascale_optimizer(make([torch.nn.Parameter(torch.zeros(1))]))
+
+
+# ---------------------------------------------------------------------------------------------- the LR hooks
+
+
+def test_hooks_apply_the_previous_steps_gain_over_the_warmup_and_restore_the_scheduled_lr() -> None:
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.4)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+    warmup = LinearWarmup(opt, warmup_steps=4, start_factor=0.25)  # registered first, as the callback does
+    stats: list[float | None] = [None, None]
+    scaler = AdaScaleLR(opt, lambda: (stats[0], stats[1]), base_batch_size=8, effective_batch_size=64)
+    used: list[float] = []
+    opt.register_step_pre_hook(lambda o, a, k: used.append(float(o.param_groups[0]["lr"])))
+    expected = []
+    gain_in_force = 1.0
+    for t in range(8):
+        stats[:] = [1.0, 8.0 * (t + 1)]  # step t's measurement: B_noise = 8 (t + 1)
+        expected.append(0.4 * 0.9**t * warmup.factor(0, t) * gain_in_force)
+        w.grad = torch.zeros(1)
+        opt.step()
+        scheduler.step()
+        gain_in_force = gain_from_noise_scale(8.0 * (t + 1), 8, 64)
+        assert scaler.gain == pytest.approx(gain_in_force, rel=1e-12)
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.4 * 0.9**8, rel=1e-12)  # the scheduler never saw a factor
+    scaler.remove()
+    warmup.remove()
+
+
+def test_adaptive_optimizer_gets_the_square_root_of_the_gain() -> None:
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w], lr=0.01)
+    scaler = AdaScaleLR(opt, lambda: (0.0, 1.0), base_batch_size=8, effective_batch_size=32)  # noise only: r = S
+    assert scaler.gain == 4.0
+    assert scaler.factor == 2.0
+    scaler.remove()
+
+
+def test_hooks_leave_unscaled_groups_and_tensor_lrs_right() -> None:
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a], "lr": torch.tensor(0.1)}, {"params": [b], "lr": 0.2, "lrbs_scale": False}])
+    scaler = AdaScaleLR(opt, lambda: (0.0, 1.0), base_batch_size=8, effective_batch_size=16)
+    seen: list[tuple[float, float]] = []
+    opt.register_step_pre_hook(lambda o, *_: seen.append((float(o.param_groups[0]["lr"]), o.param_groups[1]["lr"])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.grad, b.grad = torch.zeros(1), torch.zeros(1)
+        opt.step()
+    assert seen == [(pytest.approx(0.2), 0.2)]
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.1)
+    assert opt.param_groups[1]["lr"] == 0.2
+    scaler.remove()
