@@ -30,6 +30,7 @@ import torch
 from typing_extensions import override
 
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
+from lightning_lrbs.noise import GradientNoiseScale, check_smoothing, describe_noise_scale
 from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
 from lightning_lrbs.rules import Rule, is_adaptive, rule_name, scale_factor, validate_rule
 from lightning_lrbs.summary import describe_scaling
@@ -58,6 +59,13 @@ class BatchScalingCallback(pl.Callback):
         log_lr: Log the LR each optimizer group actually uses (warmup applied) at the Trainer's
             ``log_every_n_steps``, under ``LearningRateMonitor``'s names prefixed with ``lrbs/``
             (``lrbs/lr-<Optimizer>[-<n>][/pg<i>]``; ``LearningRateMonitor`` logs the LR before the warmup).
+        noise_scale: Measure the gradient noise scale :math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2`
+            (McCandlish et al. 2018) from the micro-batch gradients of each measured step (needs
+            ``accumulate_grad_batches >= 2`` or ``>= 2`` devices); see :mod:`lightning_lrbs.noise`. Read it as
+            :attr:`noise_scale`; logged as ``lrbs/noise_scale``, ``lrbs/grad_sq_norm``, ``lrbs/grad_var``.
+        noise_every_n_steps: Measure on every n-th optimizer step.
+        noise_smoothing: :math:`\beta` of the moving averages of :math:`|G|^2` and :math:`\operatorname{tr}\Sigma`,
+            per measured step.
 
     Raises:
         ValueError: If an argument is invalid (named in the message), and, when training starts, if the module has
@@ -83,6 +91,9 @@ class BatchScalingCallback(pl.Callback):
         warmup_epochs: float = 0.0,
         warmup_start_factor: float | None = None,
         log_lr: bool = True,
+        noise_scale: bool = False,
+        noise_every_n_steps: int = 10,
+        noise_smoothing: float = 0.95,
     ) -> None:
         super().__init__()
         self.base_batch_size = (
@@ -114,6 +125,9 @@ class BatchScalingCallback(pl.Callback):
                 category=RuntimeWarning,
             )
         self.log_lr = bool(log_lr)
+        self.measure_noise = bool(noise_scale)
+        self.noise_every_n_steps = check_positive_int(noise_every_n_steps, "noise_every_n_steps")
+        self.noise_smoothing = check_smoothing(noise_smoothing, "noise_smoothing")
         self._reset()
 
     def _reset(self) -> None:
@@ -128,6 +142,10 @@ class BatchScalingCallback(pl.Callback):
         self._pending_batch = False
         self._lr_names: list[list[str]] = []
         self.summary = ""
+        self._scaling_summary = ""
+        self._noise: GradientNoiseScale | None = None
+        self._noise_state: dict[str, Any] | None = None  # restored from a checkpoint, applied at train start
+        self._noise_warned: set[str] = set()
 
     # ------------------------------------------------------------------ read-only results
     @property
@@ -155,6 +173,16 @@ class BatchScalingCallback(pl.Callback):
         return tuple(self._factors)
 
     @property
+    def noise_scale(self) -> float | None:
+        """The smoothed gradient noise scale in samples (``None`` before the first measurement or when not measured)."""
+        return None if self._noise is None else self._noise.noise_scale
+
+    @property
+    def noise(self) -> GradientNoiseScale | None:
+        """The estimator (``grad_sq_norm``, ``grad_var``, ``last``, ...) when ``noise_scale=True``."""
+        return self._noise
+
+    @property
     def warmup(self) -> LinearWarmup | None:
         """The running warmup, if any."""
         return self._warmup
@@ -174,19 +202,36 @@ class BatchScalingCallback(pl.Callback):
                 f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
                 f"{type(pl_module).__name__} returned no optimizer"
             )
+        if self.measure_noise and not pl_module.automatic_optimization:
+            raise ValueError(
+                f"`noise_scale=True` needs automatic optimization, but {type(pl_module).__name__} sets "
+                "`automatic_optimization = False`: use `lightning_lrbs.noise.GradientNoiseScale` in `training_step`"
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         local = self._local_batch_size(trainer, batch=None)
         if local is None:
             self._pending_batch = True  # only the first batch tells; scale before its optimizer step
-            return
-        self._apply(trainer, local)
+        else:
+            self._apply(trainer, local)
+        if self.measure_noise:
+            params = [p for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]]
+            self._noise = GradientNoiseScale(params, smoothing=self.noise_smoothing)
+            if self._noise_state is not None:
+                self._noise.load_state_dict(self._noise_state)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._per_rank is not None and self._accumulation_now(trainer) != self._accumulation:
             self._apply(trainer, local=None)
+        if self._noise is not None and trainer.world_size * self._accumulation_now(trainer) < 2:
+            self._warn_noise_once(
+                "single",
+                "`noise_scale=True` needs two or more micro-batch gradients per optimizer step, and this run has one "
+                "device without gradient accumulation: set `accumulate_grad_batches>=2` or train on 2 or more "
+                "devices to get an estimate. `noise_scale` stays as it is; training is not affected",
+            )
 
     @override
     def on_train_batch_start(
@@ -203,14 +248,44 @@ class BatchScalingCallback(pl.Callback):
             self._apply(trainer, local)
         if self.log_lr and trainer.loggers:
             self._log_lr(trainer)
+        if self._noise is not None and trainer.global_step % self.noise_every_n_steps == 0:
+            scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP: hooks see loss-scaled gradients
+            amp = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+            size = self._batch_len(batch)
+            if size is not None:
+                self._noise.micro_batch(size, loss_scale=amp / trainer.accumulate_grad_batches)
+        if self._noise is not None and self._noise.measurements and trainer.loggers:
+            self._log_noise(trainer)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # .grad: the mean over ranks and micro-batches, AMP-unscaled, not yet clipped; Lightning divided each loss by A
+        if self._noise is not None and self._noise.local_micro_batches:
+            scale = self._noise.local_micro_batches / trainer.accumulate_grad_batches
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            if scaler is not None and scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False):
+                scale *= float(scaler.get_scale())  # fused optimizers unscale inside `step`: .grad is still scaled
+            self._noise.step(grad_scale=scale)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = trainer.estimated_stepping_batches
+        self._report_noise(trainer, late=math.isfinite(steps) and trainer.global_step >= steps / 2)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_warmup()
+        if self._noise is not None:
+            self._noise.remove()
+            self._warn_noise_far_beyond(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_warmup()
+        if self._noise is not None:
+            self._noise.remove()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -220,6 +295,7 @@ class BatchScalingCallback(pl.Callback):
             "base_batch_size": self._base,
             "warmup_steps": self._resolved_warmup,
             "warmup_start_factors": self._start_factors,
+            "noise": self._noise.state_dict() if self._noise is not None else self._noise_state,
         }
 
     @override
@@ -230,6 +306,7 @@ class BatchScalingCallback(pl.Callback):
         self._resolved_warmup = state_dict.get("warmup_steps")
         starts = state_dict.get("warmup_start_factors")
         self._start_factors = None if starts is None else [float(s) for s in starts]
+        self._noise_state = state_dict.get("noise")
 
     # ------------------------------------------------------------------ internals
     def _accumulation_now(self, trainer: Any) -> int:
@@ -318,7 +395,7 @@ class BatchScalingCallback(pl.Callback):
         if first:
             self._start_warmup(trainer, optimizers, targets, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
-        self.summary = describe_scaling(
+        self.summary = self._scaling_summary = describe_scaling(
             effective,
             per_rank,
             accumulation,
@@ -335,6 +412,7 @@ class BatchScalingCallback(pl.Callback):
             rescaled = any(a != t for a, t in zip(applied, targets))
             applied_text = "/".join(f"{a:.2f}" for a in applied)
             self.summary += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
+            self._scaling_summary = self.summary
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
         if first:
@@ -435,3 +513,45 @@ class BatchScalingCallback(pl.Callback):
                     "try rule='sqrt' or rule='auto'",
                     category=RuntimeWarning,
                 )
+
+    # ------------------------------------------------------------------ gradient noise scale (lightning_lrbs.noise)
+    #: Warn when the effective batch is more than this many times the noise scale, late in training.
+    NOISE_WARN_RATIO: ClassVar[float] = 10.0
+
+    def _log_noise(self, trainer: Any) -> None:
+        connector = getattr(trainer, "_logger_connector", None)
+        if self._noise is None or (connector is not None and not connector.should_update_logs):
+            return
+        values = {"noise_scale": self._noise.noise_scale, "grad_sq_norm": self._noise.grad_sq_norm}
+        values["grad_var"] = self._noise.grad_var
+        self._log_metrics(trainer, {f"lrbs/{k}": float(v) for k, v in values.items() if v is not None})
+
+    def _report_noise(self, trainer: Any, late: bool) -> None:
+        """The epoch's info line (also appended to ``summary``), and the far-beyond warning late in training."""
+        if self._noise is None or not self._noise.measurements or self._effective is None:
+            return
+        line = f"{describe_noise_scale(self._noise.noise_scale, self._effective)} (epoch {trainer.current_epoch})"
+        self.summary = f"{self._scaling_summary}\n{line}" if self._scaling_summary else line
+        self._pl.utilities.rank_zero.rank_zero_info(f"{type(self).__name__}: {line}")
+        if late:
+            self._warn_noise_far_beyond(trainer)
+
+    def _warn_noise_far_beyond(self, trainer: Any) -> None:
+        """Warn once when B_eff > NOISE_WARN_RATIO × B_noise, from enough measurements to average over."""
+        noise = self._noise
+        if noise is None or self._effective is None or noise.measurements < 1 / (1 - noise.smoothing):
+            return
+        value = noise.noise_scale
+        if value is not None and self._effective > self.NOISE_WARN_RATIO * value:
+            self._warn_noise_once(
+                "beyond",
+                f"the effective batch {self._effective} is far beyond the measured gradient noise scale "
+                f"({describe_noise_scale(value, self._effective)}): most of each step's samples buy little progress "
+                "(McCandlish et al. 2018); fewer devices or less accumulation would reach the same loss with fewer "
+                "samples, and LR scaling rules stop holding there",
+            )
+
+    def _warn_noise_once(self, key: str, message: str) -> None:
+        if key not in self._noise_warned:
+            self._noise_warned.add(key)
+            self._pl.utilities.rank_zero.rank_zero_warn(f"{type(self).__name__}: {message}", category=RuntimeWarning)
