@@ -3,12 +3,21 @@ bounds, and real fits (LR used = scheduled x warmup x gain, resume, refusals).""
 
 from __future__ import annotations
 
+import copy
+import csv
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from lrbs_testing import quiet_trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_lrbs import BatchScalingCallback
 
 from lightning_lrbs.adascale import (
     AdaScaleLR,
@@ -18,7 +27,7 @@ from lightning_lrbs.adascale import (
     preconditioner,
     preconditioner_ready,
 )
-from lightning_lrbs.warmup import LinearWarmup
+from lightning_lrbs.warmup import LinearWarmup, warmup_factor
 
 # ---------------------------------------------------------------------------------------------- gain vs fairscale
 
@@ -272,3 +281,151 @@ def test_hooks_leave_unscaled_groups_and_tensor_lrs_right() -> None:
     assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.1)
     assert opt.param_groups[1]["lr"] == 0.2
     scaler.remove()
+
+
+# ---------------------------------------------------------------------------------------------- real fits
+
+
+class _Regression(pl.LightningModule):
+    """A small MLP on noisy random regression data, SGD (or ``optimizer``) with an optional per-step scheduler.
+
+    Records, at each optimizer step, the LR the optimizer is about to use (``on_before_optimizer_step`` runs inside
+    ``optimizer.step``, after the step pre-hooks and after the callback measured the step) and the callback's smoothed
+    statistics after the step's measurement."""
+
+    def __init__(self, gamma: float | None = 0.9, optimizer: Any = None, n: int = 256) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        x = torch.randn(n, 4)
+        self.data = TensorDataset(x, x.sum(1, keepdim=True) + 0.5 * torch.randn(n, 1))
+        self.gamma, self.make_optimizer = gamma, optimizer
+        self.used: list[float] = []
+        self.stats: list[tuple[float | None, float | None]] = []
+        self.factors: list[float] = []  # callback.scale_factor at each step's start
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def train_dataloader(self) -> Any:
+        return DataLoader(self.data, batch_size=8)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = (self.make_optimizer or (lambda p: torch.optim.SGD(p, lr=0.05)))(self.parameters())
+        if self.gamma is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        callback = next(c for c in self.trainer.callbacks if isinstance(c, BatchScalingCallback))
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            self.factors.append(float(callback.scale_factor))  # type: ignore[arg-type]
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.used.append(float(optimizer.param_groups[0]["lr"]))
+        noise = next(c for c in self.trainer.callbacks if isinstance(c, BatchScalingCallback)).noise
+        self.stats.append((None, None) if noise is None else (noise.grad_sq_norm, noise.grad_var))
+
+
+def _expected_gain(stats: tuple[float | None, float | None], base: float, s: float) -> float:
+    sq, var = stats
+    if sq is None or var is None:
+        return 1.0
+    sigma2, mu2 = max(var, 0.0) / base, max(sq, 0.0)
+    return min(max((sigma2 + mu2) / (sigma2 / s + mu2), 1.0), s)
+
+
+def test_fit_uses_scheduled_lr_times_warmup_times_the_previous_steps_gain(tmp_path: Path) -> None:
+    model = _Regression()
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale", warmup_steps=3)
+    logger = CSVLogger(tmp_path, name="log")
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=32, accumulate_grad_batches=4, callbacks=[callback], logger=logger
+    )
+    trainer.log_every_n_steps = 1
+    trainer.fit(model)
+    s = 4.0  # 8 per step x 4 accumulation / base 8
+    steps = len(model.used)
+    assert steps == 8
+    expected = [
+        0.05 * 0.9**t * warmup_factor(t, 3, 1 / s) * (1.0 if t == 0 else _expected_gain(model.stats[t - 1], 8, s))
+        for t in range(steps)
+    ]
+    assert model.used == pytest.approx(expected, rel=1e-9)
+    gains = [_expected_gain(st, 8, s) for st in model.stats]
+    assert len(set(gains)) > 3  # the gain moves with the noise
+    assert all(1.0 < g < s for g in gains)
+    assert model.factors == pytest.approx([1.0, *gains[:-1]], rel=1e-12)  # callback.scale_factor: the gain in force
+    assert callback.scale_factor == pytest.approx(gains[-1], rel=1e-12)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.9**steps, rel=1e-12)  # scheduler
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged_factor = [float(r["lrbs/scale_factor"]) for r in rows if r.get("lrbs/scale_factor")]
+    logged_lr = [float(r["lrbs/lr-SGD"]) for r in rows if r.get("lrbs/lr-SGD")]
+    for gain in gains[:-1]:  # lrbs/scale_factor follows the gain
+        assert any(v == pytest.approx(gain, rel=1e-9) for v in logged_factor)
+    for used in model.used:  # lrbs/lr-SGD is the LR each step really used
+        assert any(lr == pytest.approx(used, rel=1e-9) for lr in logged_lr)
+    assert "rule adascale" in callback.summary
+    assert "AdaScale gain in [1, 4]" in callback.summary
+
+
+def test_resume_continues_from_the_checkpointed_statistics(tmp_path: Path) -> None:
+    def fit(epochs: int, ckpt: str | None = None) -> tuple[_Regression, pl.Trainer]:
+        model = _Regression(gamma=None)
+        trainer = quiet_trainer(
+            tmp_path,
+            max_epochs=epochs,
+            limit_train_batches=20,
+            accumulate_grad_batches=4,
+            callbacks=[BatchScalingCallback(base_batch_size=8, rule="adascale")],
+        )
+        trainer.fit(model, ckpt_path=ckpt)
+        return model, trainer
+
+    full, _ = fit(2)
+    first, trainer = fit(1)
+    path = str(tmp_path / "epoch1.ckpt")
+    trainer.save_checkpoint(path)
+    resumed, _ = fit(2, path)
+    assert len(first.used) == len(resumed.used) == 5
+    assert resumed.used[0] != pytest.approx(0.05)  # not from factor 1 again
+    assert first.used + resumed.used == pytest.approx(full.used, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "model_kwargs", "match"),
+    [
+        ({}, {}, "one device without gradient accumulation: set `accumulate_grad_batches>=2`"),
+        ({"accumulate_grad_batches": 2}, {"optimizer": lambda p: torch.optim.LBFGS(p)}, "cannot scale LBFGS"),
+        ({"accumulate_grad_batches": 2}, {"optimizer": lambda p: torch.optim.RAdam(p)}, "got RAdam"),
+    ],
+)
+def test_refusals_at_fit_start_change_nothing(
+    tmp_path: Path, kwargs: dict[str, Any], model_kwargs: dict[str, Any], match: str
+) -> None:
+    model = _Regression(gamma=None, **model_kwargs)
+    before = copy.deepcopy(model.state_dict())
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale")
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[callback], **kwargs)
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(model)
+    assert model.used == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert callback.scale_factor is None
+
+
+def test_adam_measures_preconditioned_gradients_and_uses_the_square_root(tmp_path: Path) -> None:
+    model = _Regression(gamma=None, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale")
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=32, accumulate_grad_batches=4, callbacks=[callback]
+    )
+    trainer.fit(model)
+    assert callback.noise is not None
+    assert callback.noise.measurements == 7  # not at step 0: Adam has no preconditioner before its first step
+    assert model.stats[0] == (None, None)
+    expected = [0.01 * (1.0 if t < 2 else _expected_gain(model.stats[t - 1], 8, 4.0) ** 0.5) for t in range(8)]
+    assert model.used == pytest.approx(expected, rel=1e-9)

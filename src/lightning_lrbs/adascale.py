@@ -178,12 +178,12 @@ def check_adascale_optimizer(optimizer: Optimizer) -> None:
             raise ValueError(f"rule='adascale' does not support complex parameters in {name}")
 
 
-def _step_count(state: dict[str, Any]) -> float:
+def _step_count(state: dict[str, Tensor]) -> float:
     step = state["step"]
     return float(step.item() if isinstance(step, Tensor) else step)
 
 
-def _denominator(optimizer: Optimizer, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
+def _denominator(optimizer: Optimizer, group: dict[str, Any], state: dict[str, Tensor]) -> Tensor:
     r"""The elementwise preconditioner :math:`P` (update :math:`\propto g / P`) the optimizer's next step would use
     if its state did not change, for the optimizers in ``_PRECONDITIONED`` (torch.optim's update rules)."""
     eps = float(group["eps"])
@@ -192,8 +192,8 @@ def _denominator(optimizer: Optimizer, group: dict[str, Any], state: dict[str, A
         # (AMSGrad: the running maximum max_exp_avg_sq in place of v_t)
         beta2 = float(group["betas"][1])
         correction = 1.0 - beta2 ** _step_count(state)
-        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
-        return (v / correction).sqrt() + eps
+        v: Tensor = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        return torch.sqrt(v / correction) + eps
     if isinstance(optimizer, torch.optim.Adamax):
         # Adamax: u_t = max(beta2 u_{t-1}, |g| + eps), no bias correction on u
         return state["exp_inf"]
@@ -330,7 +330,7 @@ class AdaScaleLR:
     @property
     def factor(self) -> float:
         r"""The factor the next step applies: :math:`r` (SGD-like) or :math:`r^{1/2}` (adaptive)."""
-        return self.gain**self.exponent
+        return float(self.gain**self.exponent)
 
     def set_batch_sizes(self, base_batch_size: float, effective_batch_size: float) -> None:
         """Change :math:`B_\\text{base}` or :math:`B_\\text{eff}` (e.g. a new accumulation) and refresh the gain."""

@@ -29,6 +29,13 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from lightning_lrbs.adascale import (
+    AdaScaleLR,
+    Statistics,
+    check_adascale_optimizer,
+    preconditioner,
+    preconditioner_ready,
+)
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
 from lightning_lrbs.noise import GradientNoiseScale, check_smoothing, describe_noise_scale
 from lightning_lrbs.rescale import flatten_schedulers, rescale_, scalable_groups
@@ -48,7 +55,10 @@ class BatchScalingCallback(pl.Callback):
         rule: How the ratio :math:`r = B_\text{eff} / B_\text{base}` maps to the LR factor: ``"linear"``
             (:math:`r`, Goyal et al. 2017), ``"sqrt"`` (:math:`\sqrt r`, Krizhevsky 2014; Malladi et al. 2022 for
             adaptive optimizers), ``"auto"`` (per optimizer: ``sqrt`` for adaptive ones such as Adam, ``linear``
-            otherwise, as timm does), ``"none"`` (1), or a callable ``f(r) -> float``.
+            otherwise, as timm does), ``"none"`` (1), ``"adascale"`` (at each step the AdaScale gain
+            :math:`r_t \in [1, r]` of the measured gradient noise, Johnson et al. 2020, :math:`r_t^{1/2}` for
+            adaptive optimizers; see :mod:`lightning_lrbs.adascale`; needs 2 or more devices or
+            ``accumulate_grad_batches >= 2``, and measures the noise at every step), or a callable ``f(r) -> float``.
         batch_size: Per-device batch size, for loaders that do not expose one. ``None`` reads it from the train
             loader(s) Lightning actually uses, or from the first batch.
         warmup_steps: Linear warmup length in optimizer steps (``0``: none).
@@ -128,6 +138,8 @@ class BatchScalingCallback(pl.Callback):
         self.measure_noise = bool(noise_scale)
         self.noise_every_n_steps = check_positive_int(noise_every_n_steps, "noise_every_n_steps")
         self.noise_smoothing = check_smoothing(noise_smoothing, "noise_smoothing")
+        if self.rule == "adascale":  # the gain needs the noise statistics of every step (lightning_lrbs.adascale)
+            self.measure_noise, self.noise_every_n_steps = True, 1
         self._reset()
 
     def _reset(self) -> None:
@@ -146,6 +158,7 @@ class BatchScalingCallback(pl.Callback):
         self._noise: GradientNoiseScale | None = None
         self._noise_state: dict[str, Any] | None = None  # restored from a checkpoint, applied at train start
         self._noise_warned: set[str] = set()
+        self._adascale: AdaScaleLR | None = None
 
     # ------------------------------------------------------------------ read-only results
     @property
@@ -161,11 +174,15 @@ class BatchScalingCallback(pl.Callback):
     @property
     def scale_factors(self) -> tuple[float, ...]:
         """The LR factor now applied to each optimizer, relative to the module's own LRs."""
+        if self._adascale is not None:
+            return (self._adascale.factor,)
         return tuple(self._factors or ())
 
     @property
     def scale_factor(self) -> float | tuple[float, ...] | None:
         """The LR factor now applied; a tuple (one per optimizer) when ``rule="auto"`` gives them different ones."""
+        if self._adascale is not None:
+            return self._adascale.factor
         if not self._factors:
             return None
         if all(f == self._factors[0] for f in self._factors):
@@ -202,6 +219,8 @@ class BatchScalingCallback(pl.Callback):
                 f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
                 f"{type(pl_module).__name__} returned no optimizer"
             )
+        if self.rule == "adascale":
+            self._check_adascale(trainer, pl_module)
         if self.measure_noise and not pl_module.automatic_optimization:
             raise ValueError(
                 f"`noise_scale=True` needs automatic optimization, but {type(pl_module).__name__} sets "
@@ -217,9 +236,12 @@ class BatchScalingCallback(pl.Callback):
             self._apply(trainer, local)
         if self.measure_noise:
             params = [p for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]]
-            self._noise = GradientNoiseScale(params, smoothing=self.noise_smoothing)
+            transform = preconditioner(trainer.optimizers[0]) if self.rule == "adascale" else None
+            self._noise = GradientNoiseScale(params, smoothing=self.noise_smoothing, transform=transform)
             if self._noise_state is not None:
                 self._noise.load_state_dict(self._noise_state)
+            if self._adascale is not None:
+                self._adascale.refresh()  # a resumed run continues from the checkpoint's statistics
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -248,7 +270,13 @@ class BatchScalingCallback(pl.Callback):
             self._apply(trainer, local)
         if self.log_lr and trainer.loggers:
             self._log_lr(trainer)
-        if self._noise is not None and trainer.global_step % self.noise_every_n_steps == 0:
+        if self._adascale is not None and trainer.loggers:
+            self._log_scale(trainer, every_n_steps=True)
+        if (
+            self._noise is not None
+            and trainer.global_step % self.noise_every_n_steps == 0
+            and (self._adascale is None or preconditioner_ready(self._adascale.optimizer))
+        ):
             scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP: hooks see loss-scaled gradients
             amp = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
             size = self._batch_len(batch)
@@ -395,6 +423,8 @@ class BatchScalingCallback(pl.Callback):
         if first:
             self._start_warmup(trainer, optimizers, targets, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
+        if self.rule == "adascale":
+            self._start_adascale(optimizers[0], base, effective)
         self.summary = self._scaling_summary = describe_scaling(
             effective,
             per_rank,
@@ -408,6 +438,8 @@ class BatchScalingCallback(pl.Callback):
             warmup_steps=self._resolved_warmup or 0,
             start_factors=self._start_factors or (),
         )
+        if self.rule == "adascale":
+            self.summary = self._scaling_summary = f"{self.summary}; × AdaScale gain in [1, {effective / base:.4g}]"
         if previous is not None and first:  # resumed from a checkpoint that holds scaled LRs
             rescaled = any(a != t for a, t in zip(applied, targets))
             applied_text = "/".join(f"{a:.2f}" for a in applied)
@@ -440,13 +472,17 @@ class BatchScalingCallback(pl.Callback):
             if self.warmup_start_factor is not None:
                 self._start_factors = [self.warmup_start_factor] * len(optimizers)
             else:
-                self._start_factors = [default_start_factor(f) for f in targets]
+                # adascale: from the unscaled LR as for linear, s = 1/S (its static factor is 1)
+                ratio = (self._effective or 1) / (self._base or 1)
+                self._start_factors = [default_start_factor(ratio if self.rule == "adascale" else f) for f in targets]
         if self._resolved_warmup > 0:
             self._warmup = LinearWarmup(
                 optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: trainer.global_step
             )
 
     def _remove_warmup(self) -> None:
+        if self._adascale is not None:  # first: its hooks nest inside the warmup's; its last gain stays readable
+            self._adascale.remove()
         if self._warmup is not None:
             self._warmup.remove()
             self._warmup = None
@@ -478,13 +514,17 @@ class BatchScalingCallback(pl.Callback):
         metrics: dict[str, float] = {}
         for index, (optimizer, names) in enumerate(zip(trainer.optimizers, self._lr_names)):
             w = self._warmup.factor(index, step) if self._warmup is not None else 1.0
+            w *= self._adascale.factor if self._adascale is not None else 1.0
             for group, active, name in zip(optimizer.param_groups, scalable_groups(optimizer), names):
                 metrics[name] = float(group["lr"]) * (w if active else 1.0)
         self._log_metrics(trainer, metrics)
 
-    def _log_scale(self, trainer: Any) -> None:
+    def _log_scale(self, trainer: Any, every_n_steps: bool = False) -> None:
+        connector = getattr(trainer, "_logger_connector", None)
+        if every_n_steps and connector is not None and not connector.should_update_logs:
+            return
         metrics = {"lrbs/effective_batch_size": float(self._effective or 0)}
-        for names, factor in zip(self._lr_names, self._factors or ()):
+        for names, factor in zip(self._lr_names, self.scale_factors):
             single = len(self._lr_names) == 1
             stem = names[0].split("/")[1].replace("lr-", "scale_factor-", 1)  # lrbs/lr-SGD-1/pg1 -> scale_factor-SGD-1
             metrics["lrbs/scale_factor" if single else f"lrbs/{stem}"] = factor
@@ -498,7 +538,7 @@ class BatchScalingCallback(pl.Callback):
 
     def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
         warn = self._pl.utilities.rank_zero.rank_zero_warn
-        if self.rule != "none" and all(t == 1.0 for t in targets):
+        if self.rule not in ("none", "adascale") and all(t == 1.0 for t in targets):
             warn(
                 f"{type(self).__name__}: the LR factor is 1 (effective batch {self._effective}, base {self._base}, "
                 f"rule {rule_name(self.rule)}): nothing to scale",
@@ -555,3 +595,40 @@ class BatchScalingCallback(pl.Callback):
         if key not in self._noise_warned:
             self._noise_warned.add(key)
             self._pl.utilities.rank_zero.rank_zero_warn(f"{type(self).__name__}: {message}", category=RuntimeWarning)
+
+    # ------------------------------------------------------------------ rule="adascale" (lightning_lrbs.adascale)
+    def _check_adascale(self, trainer: Any, pl_module: Any) -> None:
+        """Refuse, before anything changes, what rule="adascale" cannot do exactly."""
+        name = type(pl_module).__name__
+        optimizers = list(trainer.optimizers)
+        if len(optimizers) != 1:
+            raise ValueError(
+                f"rule='adascale' scales one optimizer (one gain from all measured gradients), but {name} has "
+                f"{len(optimizers)}: use another rule"
+            )
+        check_adascale_optimizer(optimizers[0])
+        if not pl_module.automatic_optimization:
+            raise ValueError(
+                f"rule='adascale' measures the gradient noise of each step and needs automatic optimization, but "
+                f"{name} sets `automatic_optimization = False`: use `lightning_lrbs.adascale.AdaScaleLR` in your loop"
+            )
+        accumulations = [self._accumulation_now(trainer)]
+        for callback in trainer.callbacks:
+            if isinstance(callback, self._pl.callbacks.GradientAccumulationScheduler):
+                accumulations += [callback.get_accumulate_grad_batches(e) for e in [0, *callback.scheduling]]
+        if trainer.world_size * min(accumulations) < 2:
+            raise ValueError(
+                "rule='adascale' needs the gradient noise of every optimizer step, measured from two or more "
+                "micro-batch gradients per step, and this run has one device without gradient accumulation: set "
+                "`accumulate_grad_batches>=2` (Trainer) or train on 2 or more devices"
+            )
+
+    def _noise_statistics(self) -> Statistics:
+        return (None, None) if self._noise is None else (self._noise.grad_sq_norm, self._noise.grad_var)
+
+    def _start_adascale(self, optimizer: torch.optim.Optimizer, base: int, effective: int) -> None:
+        """Start the gain's hooks after the warmup's (they nest inside them), or follow a new effective batch."""
+        if self._adascale is None:
+            self._adascale = AdaScaleLR(optimizer, self._noise_statistics, base, effective)
+        else:
+            self._adascale.set_batch_sizes(base, effective)

@@ -17,6 +17,8 @@ the learning rates were tuned for, a rule gives the factor :math:`f(r)` applied 
   (arXiv:2205.10287).
 - **auto**: per optimizer, ``sqrt`` for adaptive optimizers (Adam family, RMSprop, Adagrad, Adadelta, LAMB)
   and ``linear`` otherwise, as timm's ``train.py --lr-base-scale`` does.
+- **adascale**: a factor measured at every step from the gradient noise (:mod:`lightning_lrbs.adascale`); its static
+  factor here is 1.
 - a callable ``f(r) -> float``: any rule of your own; it must return a finite positive number.
 """
 
@@ -40,7 +42,7 @@ __all__ = [
     "validate_rule",
 ]
 
-RuleName = Literal["linear", "sqrt", "auto", "none"]
+RuleName = Literal["linear", "sqrt", "auto", "none", "adascale"]
 Rule = RuleName | Callable[[float], float]
 RULES: tuple[str, ...] = get_args(RuleName)
 
@@ -74,10 +76,10 @@ def validate_rule(rule: object, name: str = "rule") -> Rule:
 
         >>> validate_rule("sqrt")
         'sqrt'
-        >>> validate_rule("cubic")
+        >>> validate_rule("cubic")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none' or a callable ratio -> factor, got 'cubic'
+        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'adascale' or a callable ... got 'cubic'
     """
     if callable(rule) or (isinstance(rule, str) and rule in RULES):
         return rule  # type: ignore[return-value]
@@ -159,7 +161,7 @@ def scale_factor(ratio: float, rule: Rule = "linear", optimizer: torch.optim.Opt
         return float(ratio)
     if resolved == "sqrt":
         return math.sqrt(ratio)
-    if resolved == "none":
+    if resolved in ("none", "adascale"):  # adascale: the static factor is 1, the gain is applied per step
         return 1.0
     assert callable(resolved)  # noqa: S101 - narrowed by validate_rule
     factor = resolved(float(ratio))
