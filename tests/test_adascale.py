@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,8 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_lrbs import BatchScalingCallback
-
+from lightning_lrbs import BatchScalingCallback, scale_for_batch
 from lightning_lrbs.adascale import (
     AdaScaleLR,
     adascale_gain,
@@ -429,3 +433,93 @@ def test_adam_measures_preconditioned_gradients_and_uses_the_square_root(tmp_pat
     assert model.stats[0] == (None, None)
     expected = [0.01 * (1.0 if t < 2 else _expected_gain(model.stats[t - 1], 8, 4.0) ** 0.5) for t in range(8)]
     assert model.used == pytest.approx(expected, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- raw loop / Fabric API
+
+
+def test_scale_for_batch_adascale_in_a_raw_loop_matches_the_callbacks_rule() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    result = scale_for_batch(
+        optimizer,
+        scheduler,
+        per_device_batch_size=8,
+        accumulation=4,
+        base_batch_size=8,
+        rule="adascale",
+        warmup_steps=3,
+    )
+    assert result.noise is not None
+    assert result.adascale is not None
+    assert result.scale_factors == (1.0,)
+    assert result.summary.endswith("warmup 3 steps from ×0.25; × AdaScale gain in [1, 4]")
+    used: list[float] = []
+    optimizer.register_step_pre_hook(lambda o, *_: used.append(float(o.param_groups[0]["lr"])))  # after ours
+    stats = []
+    for _ in range(8):
+        for _ in range(4):
+            x = torch.randn(8, 4)
+            result.noise.micro_batch(8, loss_scale=1 / 4)
+            (torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True) + 0.5 * torch.randn(8, 1)) / 4).backward()
+        result.noise.step()
+        stats.append((result.noise.grad_sq_norm, result.noise.grad_var))
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    expected = [
+        0.05 * 0.9**t * warmup_factor(t, 3, 0.25) * (1.0 if t == 0 else _expected_gain(stats[t - 1], 8, 4.0))
+        for t in range(8)
+    ]
+    assert used == pytest.approx(expected, rel=1e-9)
+    assert result.scale_factor == pytest.approx(_expected_gain(stats[-1], 8, 4.0), rel=1e-12)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.9**8, rel=1e-12)
+    result.adascale.remove()
+    assert result.warmup is not None
+    result.warmup.remove()
+    result.noise.remove()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"per_device_batch_size": 8}, "one rank without gradient accumulation: pass `accumulation>=2`"),
+        ({"per_device_batch_size": 8, "accumulation": 2, "two": True}, "one optimizer"),
+    ],
+)
+def test_scale_for_batch_adascale_refusals_change_nothing(kwargs: dict[str, Any], match: str) -> None:
+    w = torch.nn.Parameter(torch.zeros(1))
+    optimizers = [torch.optim.SGD([w], lr=0.1)]
+    if kwargs.pop("two", False):
+        optimizers.append(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    with pytest.raises(ValueError, match=match):
+        scale_for_batch(optimizers, rule="adascale", **kwargs)
+    assert optimizers[0].param_groups[0]["lr"] == 0.1
+    assert not optimizers[0]._optimizer_step_pre_hooks
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_measure_the_noise_across_ranks_and_agree_on_the_gain(tmp_path: Path) -> None:
+    """2 devices without accumulation: the noise comes from the two ranks' gradients (all-reduced), every rank applies
+    the same gain, and step t uses the gain of the statistics up to step t - 1."""
+    script = Path(__file__).resolve().parent / "scripts" / "adascale_ddp.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONWARNINGS="ignore")
+    subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=300)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    result = ranks[0]
+    assert result["effective"] == 16
+    stats = [tuple(s) for s in result["stats"]]
+    assert len(stats) == 8
+    expected = [0.05 * (1.0 if t == 0 else _expected_gain(stats[t - 1], 8, 2.0)) for t in range(8)]
+    assert result["used"] == pytest.approx(expected, rel=1e-9)
+    assert all(1.0 < u / 0.05 <= 2.0 for u in result["used"][1:])
