@@ -35,7 +35,16 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
-from lrbs_bench import ROOT, MNISTConvNet, MNISTDataModule, default_data_dir, machine_lines, quiet, write_csv
+from lrbs_bench import (
+    ROOT,
+    MNISTConvNet,
+    MNISTDataModule,
+    default_data_dir,
+    machine_lines,
+    quartiles,
+    quiet,
+    write_csv,
+)
 from overhead import MemoryLogger, StepClock
 from torch import nn
 
@@ -128,6 +137,21 @@ def estimator_cost_ms(trainer: pl.Trainer) -> float:
     return min(with_gns) - min(without) + per_call(norms)
 
 
+def paired_fit(steps: int, data_dir: Path, seed: int) -> list[float]:
+    """One fit measuring every 2nd step: per pair (measured step, next unmeasured step), their time difference in ms.
+
+    Neighbouring steps share the machine's load, so the differences resolve far less than whole fits do."""
+    pl.seed_everything(seed, verbose=False)
+    datamodule = MNISTDataModule(data_dir, batch_size=MICRO_BATCH, seed=seed, download=False)
+    clock = StepClock()
+    callback = BatchScalingCallback(base_batch_size=8, noise_scale=True, noise_every_n_steps=2)
+    trainer = _trainer([clock, callback], (steps + 11) * ACCUMULATION, logger=MemoryLogger(), log_every_n_steps=10**6)
+    trainer.fit(MNISTConvNet(lr=0.01), datamodule=datamodule)
+    starts = clock.times[::ACCUMULATION]
+    durations = [(b - a) * 1e3 for a, b in zip(starts, starts[1:])]  # durations[t]: optimizer step t
+    return [durations[t] - durations[t + 1] for t in range(10, min(len(durations) - 1, steps + 10), 2)]
+
+
 def overhead(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     rng = random.Random(args.seed)  # noqa: S311 - a shuffled order, not a secret
@@ -153,11 +177,20 @@ def overhead(args: argparse.Namespace) -> None:
                 }
             )
         print(f"round {round_}: " + ", ".join(f"{v} {times[v]:.1f} ms" for v in VARIANTS), flush=True)
+    diffs = paired_fit(args.paired_steps, args.data_dir, args.seed)
     wall = time.perf_counter() - start
     write_csv(OUT / "noise_scale_overhead.csv", rows)
+    write_csv(
+        OUT / "noise_scale_overhead_paired.csv",
+        [{"pair": i, "measured_minus_next_ms": round(d, 4)} for i, d in enumerate(diffs)],
+    )
     base_ms = statistics.median(r["step_ms"] for r in rows if r["variant"] == "noise_scale=False")
     armed = statistics.median(probes)
-    lines = [f"wall time {wall:.0f} s; {args.rounds} rounds × {len(VARIANTS)} variants, {args.steps} steps each", ""]
+    lines = [
+        f"wall time {wall:.0f} s; {args.rounds} rounds × {len(VARIANTS)} variants of {args.steps} timed steps, then "
+        f"one paired fit of {args.paired_steps} steps",
+        "",
+    ]
     lines.append("| variant | step time, median of rounds (ms) | ratio to noise_scale=False: median [min, max] |")
     lines.append("|---|---|---|")
     for variant in VARIANTS:
@@ -166,8 +199,12 @@ def overhead(args: argparse.Namespace) -> None:
         lines.append(
             f"| {variant} | {ms:.1f} | {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}] |"
         )
+    q1, med, q3 = quartiles(diffs)
     lines += [
         "",
+        f"paired within one fit (`noise_every_n_steps=2`, {len(diffs)} pairs): measured step − next unmeasured step "
+        f"= {med:.3f} ms median (quartiles {q1:.3f}, {q3:.3f}) = {100 * med / base_ms:.2f} % of a step; at the "
+        f"default interval {DEFAULT_EVERY}: {100 * med / DEFAULT_EVERY / base_ms:.3f} %",
         f"estimator work alone (median over {len(probes)} probes, min {min(probes):.3f}, max {max(probes):.3f}): "
         f"{armed:.3f} ms per measured step = {100 * armed / base_ms:.2f} % of a {base_ms:.1f} ms step; at the default "
         f"interval {DEFAULT_EVERY}: {100 * armed / DEFAULT_EVERY / base_ms:.3f} % of a step (unmeasured steps have no "
@@ -270,6 +307,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps per fit")
     parser.add_argument("--warmup", type=int, default=10, help="optimizer steps before timing")
+    parser.add_argument("--paired-steps", type=int, default=300, help="optimizer steps of the paired fit")
     parser.add_argument("--mlp-epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
