@@ -468,3 +468,41 @@ def test_agrees_with_fairscale_adascale_on_identical_gradients() -> None:
         assert ours.grad_sq_norm == pytest.approx(fair._grad_sqr_avg(), rel=1e-5)
         assert ours.grad_var == pytest.approx(b * fair._grad_var_avg(), rel=1e-5)
     fair.unhook()
+
+
+def test_pytorch_lightning_namespace(tmp_path: Path) -> None:
+    """The noise hooks reach utilities through the Trainer's own namespace."""
+    ptl = pytest.importorskip("pytorch_lightning")
+    from pytorch_lightning.demos.boring_classes import BoringModel as PTLBoringModel
+
+    from lightning_lrbs.pytorch_lightning import BatchScalingCallback as PTLCallback
+
+    callback = PTLCallback(noise_scale=True, noise_every_n_steps=1)
+    trainer = ptl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=8,
+        limit_val_batches=0,
+        accumulate_grad_batches=2,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(PTLBoringModel())
+    assert callback.noise is not None
+    assert callback.noise.measurements == 4
+    assert callback.noise_scale is not None
+
+
+def test_noise_module_does_not_import_lightning() -> None:
+    code = (
+        "import sys\n"
+        "import lightning_lrbs.noise\n"
+        "from lightning_lrbs import GradientNoiseScale\n"
+        "roots = {'lightning', 'pytorch_lightning', 'lightning_fabric', 'lightning_utilities', 'torchmetrics'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in roots))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

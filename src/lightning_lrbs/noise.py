@@ -240,12 +240,12 @@ class GradientNoiseScale:
     r"""Measure :math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2` from the micro-batch gradients of each step.
 
     Per-parameter hooks (``Tensor.register_hook``) add up :math:`|g_j|^2` of every micro-batch gradient as backward
-    computes it: the local gradient, before DDP averages it over ranks and before it is added into ``.grad``.
+    computes it: the local gradient, before DDP averages it over ranks and before it is added into ``.grad``. The
+    hooks are registered by the first :meth:`micro_batch` of a step and removed by :meth:`step`, so steps that are
+    not measured cost nothing.
     :meth:`step` takes :math:`L = |\bar g|^2` from ``.grad`` (the mean over micro-batches and ranks), all-reduces the
     per-rank sums when ``torch.distributed`` is initialized, computes the two-batch estimates
     (:func:`grad_sq_norm_estimate`, :func:`grad_var_estimate`) and folds them into bias-corrected moving averages.
-    Hooks are idle (one Python call per parameter and backward) unless :meth:`micro_batch` armed them, so measuring
-    every n-th step costs almost nothing on the other steps.
 
     Usage per measured optimizer step: call :meth:`micro_batch` before *every* backward of the step (on every rank),
     then :meth:`step` after the last backward and before gradient clipping or ``optimizer.step()`` (with AMP: after
@@ -286,7 +286,7 @@ class GradientNoiseScale:
         self._loss_scale: float | None = None
         self._parts: list[Tensor] = []  # squared norms the hooks computed for the current micro-batch
         self._local_sq: Tensor | float = 0.0  # sum over this step's finished micro-batches of |g_j|^2 (unscaled)
-        self._handles = [p.register_hook(self._make_hook(p)) for p in self.params]  # type: ignore[no-untyped-call]
+        self._handles: list[Any] = []  # hooks exist only during a measured step: other steps cost nothing
 
     # ------------------------------------------------------------------ results
     @property
@@ -324,12 +324,15 @@ class GradientNoiseScale:
         if not (math.isfinite(loss_scale) and loss_scale > 0):
             raise ValueError(f"`loss_scale` must be a positive finite number, got {loss_scale!r}")
         self._close_micro_batch()
+        if not self._handles:
+            self._handles = [p.register_hook(self._make_hook(p)) for p in self.params]  # type: ignore[no-untyped-call]
         self._open = batch_size
         self._loss_scale = float(loss_scale)
 
     def discard(self) -> None:
-        """Forget the current step's micro-batches (e.g. a step that is not taken)."""
+        """Forget the current step's micro-batches (e.g. a step that is not taken) and remove the hooks."""
         self._sizes, self._parts, self._local_sq, self._loss_scale, self._open = [], [], 0.0, None, None
+        self.remove()
 
     def step(self, grad_scale: float = 1.0) -> NoiseEstimate | None:
         """Finish a measured step: compute its estimates from the hooks' sums and ``.grad``, update the averages.
@@ -372,7 +375,7 @@ class GradientNoiseScale:
         return estimate
 
     def remove(self) -> None:
-        """Remove the hooks (the averages stay readable)."""
+        """Remove the hooks now (the averages stay readable; the next :meth:`micro_batch` adds them again)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
