@@ -152,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 8, 32, 128])
     parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=None, help="base LR (skips the grid)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     wall = time.perf_counter()
@@ -160,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))[: args.train_size]
     x, y = images[pick].reshape(len(pick), -1).contiguous(), labels[pick]
 
+    if args.lr is not None:
+        args.lr_grid = [args.lr]
     grid = [train("base", 1, lr, x, y, args) for lr in args.lr_grid]
     for run in grid:
         print(f"base batch {args.base_batch} lr {run.lr:g}: final training loss {run.final:.4f} ({run.seconds:.0f} s)")

@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
@@ -523,3 +524,26 @@ def test_ddp_two_processes_measure_the_noise_across_ranks_and_agree_on_the_gain(
     expected = [0.05 * (1.0 if t == 0 else _expected_gain(stats[t - 1], 8, 2.0)) for t in range(8)]
     assert result["used"] == pytest.approx(expected, rel=1e-9)
     assert all(1.0 < u / 0.05 <= 2.0 for u in result["used"][1:])
+
+
+def test_gain_follows_a_gradient_accumulation_scheduler(tmp_path: Path) -> None:
+    model = _Regression(gamma=None)
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale")
+    schedule = GradientAccumulationScheduler({0: 2, 1: 4})
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=16, callbacks=[callback, schedule])
+    trainer.fit(model)
+    s = [2.0] * 8 + [4.0] * 4  # 16 batches: 8 steps of 2, then 4 steps of 4
+    assert len(model.used) == 12
+    expected = [0.05 * (1.0 if t == 0 else _expected_gain(model.stats[t - 1], 8, s[t])) for t in range(12)]
+    assert model.used == pytest.approx(expected, rel=1e-9)
+    assert max(model.used[:8]) <= 0.1
+    with_s2 = [0.05 * _expected_gain(model.stats[t - 1], 8, 2.0) for t in range(8, 12)]
+    assert all(u > v * (1 + 1e-6) for u, v in zip(model.used[8:], with_s2))  # epoch 1 uses S = 4, not 2
+
+
+def test_accumulation_scheduler_that_drops_to_one_is_refused(tmp_path: Path) -> None:
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale")
+    schedule = GradientAccumulationScheduler({0: 2, 1: 1})
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[callback, schedule])
+    with pytest.raises(ValueError, match="accumulate_grad_batches>=2"):
+        trainer.fit(_Regression(gamma=None))
