@@ -32,6 +32,7 @@ from lightning_lrbs.adascale import (
     preconditioner,
     preconditioner_ready,
 )
+from lightning_lrbs.noise import GradientNoiseScale
 from lightning_lrbs.warmup import LinearWarmup, warmup_factor
 
 # ---------------------------------------------------------------------------------------------- gain vs fairscale
@@ -90,6 +91,7 @@ def test_gain_equals_fairscale_adascale_on_identical_gradients(scale_over_k: flo
     optimizer = adascale_module.AdaScale(
         torch.optim.SGD(params, lr=0.002), world_size=1, num_gradients_to_accumulate=k, scale=scale, smoothing=smoothing
     )
+    gns = GradientNoiseScale(params, smoothing=smoothing)  # the estimator rule="adascale" uses
     target = torch.nn.Linear(6, 1)
     compared = 0
     clamped = False
@@ -97,9 +99,11 @@ def test_gain_equals_fairscale_adascale_on_identical_gradients(scale_over_k: flo
         for _ in range(k):
             x = torch.randn(b, 6)
             y = target(x).detach() * 3 + 0.3 * torch.randn(b, 1)
+            gns.micro_batch(b, loss_scale=1 / k)
             (torch.nn.functional.mse_loss(model(x), y) / k).backward()
             ours.end_micro_batch()
         ours.end_step(b)
+        gns.step()
         sq, var = ours.raw[-1]
         # fairscale clamps each step's values (|G|^2 >= 0, variance >= 1e-6) before smoothing; compare where it didn't
         clamped = clamped or sq < 0 or var / base_batch < 1e-6
@@ -107,6 +111,10 @@ def test_gain_equals_fairscale_adascale_on_identical_gradients(scale_over_k: flo
             expected = optimizer.gain()
             got = adascale_gain(ours.grad_sq_norm, ours.grad_var, base_batch, scale)
             assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+            assert gns.grad_sq_norm is not None
+            assert gns.grad_var is not None
+            from_gns = adascale_gain(gns.grad_sq_norm, gns.grad_var, base_batch, scale)
+            assert from_gns == pytest.approx(expected, rel=1e-6, abs=1e-6)
             noise = ours.grad_var / ours.grad_sq_norm
             assert gain_from_noise_scale(noise, base_batch, k * b) == pytest.approx(got, rel=1e-9)
             compared += 1
