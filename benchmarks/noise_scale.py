@@ -6,7 +6,9 @@ each round: ``noise_scale=False``, ``noise_every_n_steps=1`` and the default int
 between the starts of consecutive optimizer steps (4 batches each: data, forward, backward, optimizer step, hooks,
 logging every 50 steps), averaged over ``--steps`` steps after ``--warmup``; each ratio is taken to the same round's
 ``noise_scale=False`` fit. Whole-step ratios on a shared machine cannot resolve 1 %, so the estimator's own work is
-also timed alone (``timeit``, see ``estimator_cost_ms``) against the median step time. Unmeasured steps have no hooks.
+also timed alone (``timeit``, see ``estimator_cost_ms``) against the median step time; in one fit measuring every
+2nd step, each measured step against the next unmeasured one; and in plain PyTorch, the fastest of 200 alternating
+measured and unmeasured CNN steps (``raw_step_ms``). Unmeasured steps have no hooks.
 
 ``curve``: ``lrbs/noise_scale`` and ``train_loss`` as logged by a CSVLogger (``log_every_n_steps=10``) over training
 runs at the default interval and smoothing: the CNN at the example's settings (LR 0.01 at base batch 8, linear rule,
@@ -152,6 +154,36 @@ def paired_fit(steps: int, data_dir: Path, seed: int) -> list[float]:
     return [durations[t] - durations[t + 1] for t in range(10, min(len(durations) - 1, steps + 10), 2)]
 
 
+def raw_step_ms(pairs: int = 200) -> tuple[float, float]:
+    """(fastest unmeasured, fastest measured) optimizer step of the CNN in plain PyTorch, in ms: 4 micro-batches of
+    16, SGD, steps alternating between measured and not. Contention only adds time, so the fastest of many
+    interleaved steps is the least disturbed estimate of each."""
+    from lightning_lrbs.noise import GradientNoiseScale
+
+    model = MNISTConvNet(lr=0.01)
+    x, y = torch.randn(MICRO_BATCH, 1, 28, 28), torch.randint(0, 10, (MICRO_BATCH,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    gns = GradientNoiseScale(model.parameters())
+
+    def step(measure: bool) -> float:
+        start = time.perf_counter()
+        for _ in range(ACCUMULATION):
+            if measure:
+                gns.micro_batch(MICRO_BATCH, loss_scale=1 / ACCUMULATION)
+            (F.cross_entropy(model(x), y) / ACCUMULATION).backward()
+        if measure:
+            gns.step()
+        optimizer.step()
+        optimizer.zero_grad()
+        return (time.perf_counter() - start) * 1e3
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(2 * pairs):
+        measure = i % 2 == 0
+        times[measure].append(step(measure))
+    return min(times[False]), min(times[True])
+
+
 def overhead(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     rng = random.Random(args.seed)  # noqa: S311 - a shuffled order, not a secret
@@ -178,6 +210,7 @@ def overhead(args: argparse.Namespace) -> None:
             )
         print(f"round {round_}: " + ", ".join(f"{v} {times[v]:.1f} ms" for v in VARIANTS), flush=True)
     diffs = paired_fit(args.paired_steps, args.data_dir, args.seed)
+    raw_plain, raw_measured = raw_step_ms()
     wall = time.perf_counter() - start
     write_csv(OUT / "noise_scale_overhead.csv", rows)
     write_csv(
@@ -205,6 +238,9 @@ def overhead(args: argparse.Namespace) -> None:
         f"paired within one fit (`noise_every_n_steps=2`, {len(diffs)} pairs): measured step − next unmeasured step "
         f"= {med:.3f} ms median (quartiles {q1:.3f}, {q3:.3f}) = {100 * med / base_ms:.2f} % of a step; at the "
         f"default interval {DEFAULT_EVERY}: {100 * med / DEFAULT_EVERY / base_ms:.3f} %",
+        f"plain PyTorch, the same CNN step alternating measured / not (fastest of 200 each): {raw_plain:.2f} ms → "
+        f"{raw_measured:.2f} ms measured (+{raw_measured - raw_plain:.3f} ms, "
+        f"{100 * (raw_measured - raw_plain) / raw_plain:.2f} % of the bare step without Lightning)",
         f"estimator work alone (median over {len(probes)} probes, min {min(probes):.3f}, max {max(probes):.3f}): "
         f"{armed:.3f} ms per measured step = {100 * armed / base_ms:.2f} % of a {base_ms:.1f} ms step; at the default "
         f"interval {DEFAULT_EVERY}: {100 * armed / DEFAULT_EVERY / base_ms:.3f} % of a step (unmeasured steps have no "
@@ -233,31 +269,45 @@ class MLP(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def curve_run(name: str, model: pl.LightningModule, epochs: int, base: int, data_dir: Path, seed: int) -> list[dict]:
+class BoundRecorder(Callback):
+    """The estimator's 2-sigma lower bound and whether the estimate is resolved, at every batch start."""
+
+    def __init__(self, callback: BatchScalingCallback) -> None:
+        self.callback = callback
+        self.rows: dict[int, dict[str, float]] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        noise = self.callback.noise
+        if noise is not None and noise.measurements:  # keyed by the step the callback logs under
+            bound = noise.noise_scale_lower_bound
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+            self.rows[step] = {"lower_bound": float(bound or 0.0), "resolved": int(noise.resolved)}
+
+
+def curve_run(name: str, make_model: Any, epochs: int, base: int, data_dir: Path, seed: int) -> list[dict[str, Any]]:
     pl.seed_everything(seed, verbose=False)
+    model = make_model()
     datamodule = MNISTDataModule(data_dir, batch_size=MICRO_BATCH, seed=seed, download=False)
     callback = BatchScalingCallback(base_batch_size=base, noise_scale=True)
     with tempfile.TemporaryDirectory() as tmp:
         logger = CSVLogger(tmp, name=name)
         start = time.perf_counter()
-        trainer = _trainer([callback], 1.0, logger=logger, log_every_n_steps=10, max_epochs=epochs)
+        bounds = BoundRecorder(callback)
+        trainer = _trainer([callback, bounds], 1.0, logger=logger, log_every_n_steps=10, max_epochs=epochs)
         trainer.fit(model, datamodule=datamodule)
         wall = time.perf_counter() - start
         with open(Path(logger.log_dir) / "metrics.csv") as f:
             logged = list(csv.DictReader(f))
-    rows = []
+    by_step: dict[int, dict[str, float]] = {}  # Lightning's metrics and the callback's are logged in separate rows
     for row in logged:
-        if row.get("lrbs/noise_scale") and row.get("train_loss"):
-            rows.append(
-                {
-                    "model": name,
-                    "step": int(row["step"]),
-                    "train_loss": float(row["train_loss"]),
-                    "noise_scale": float(row["lrbs/noise_scale"]),
-                    "grad_sq_norm": float(row["lrbs/grad_sq_norm"]),
-                    "grad_var": float(row["lrbs/grad_var"]),
-                }
-            )
+        by_step.setdefault(int(row["step"]), {}).update({k: float(v) for k, v in row.items() if v and k != "step"})
+    keys = {"train_loss": "train_loss", "noise_scale": "lrbs/noise_scale", "grad_sq_norm": "lrbs/grad_sq_norm"}
+    keys["grad_var"] = "lrbs/grad_var"
+    rows: list[dict[str, Any]] = [
+        {"model": name, "step": step, **{k: values[v] for k, v in keys.items()}, **bounds.rows.get(step, {})}
+        for step, values in sorted(by_step.items())
+        if all(v in values for v in keys.values())
+    ]
     print(f"{name}: {wall:.0f} s; {callback.summary}", flush=True)
     rows[0]["wall_s"] = round(wall)
     return rows
@@ -270,8 +320,8 @@ def curve(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     runs = [
-        curve_run("cnn", MNISTConvNet(lr=0.01), 1, 8, args.data_dir, args.seed),
-        curve_run("mlp", MLP(lr=0.1), args.mlp_epochs, 64, args.data_dir, args.seed),
+        curve_run("cnn", lambda: MNISTConvNet(lr=0.01), 1, 8, args.data_dir, args.seed),
+        curve_run("mlp", lambda: MLP(lr=0.1), args.mlp_epochs, 64, args.data_dir, args.seed),
     ]
     write_csv(OUT / "noise_scale_curve.csv", [r for run in runs for r in run])
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex="col")
@@ -282,17 +332,31 @@ def curve(args: argparse.Namespace) -> None:
         axes[0, col].set_yscale("log")
         axes[0, col].set_ylabel("train_loss")
         axes[0, col].set_title(f"{run[0]['model'].upper()}: batch {MICRO_BATCH} × {ACCUMULATION} accumulation")
-        axes[1, col].plot(steps, [r["noise_scale"] for r in run], lw=0.8, color="C1")
+        axes[1, col].plot(steps, [r["noise_scale"] for r in run], lw=0.8, color="C1", label="lrbs/noise_scale")
+        axes[1, col].plot(
+            steps,
+            [r.get("lower_bound", float("nan")) for r in run],
+            lw=0.8,
+            color="C2",
+            ls="--",
+            label="2-sigma lower bound",
+        )
+        axes[1, col].legend(fontsize=8)
         axes[1, col].set_yscale("log")
         axes[1, col].set_ylabel("lrbs/noise_scale (samples)")
         axes[1, col].set_xlabel("optimizer step")
         axes[1, col].axhline(MICRO_BATCH * ACCUMULATION, color="grey", ls=":", lw=0.8)
         first = next(r for r in run if r["step"] >= 100)
+        last = run[-1]
+        resolved = [r for r in run if r.get("resolved")]
+        last_resolved = resolved[-1] if resolved else first
         lines.append(
             f"{run[0]['model']}: noise scale {first['noise_scale']:.0f} at step {first['step']} → "
-            f"{run[-1]['noise_scale']:.0f} at step {run[-1]['step']} "
-            f"(×{run[-1]['noise_scale'] / first['noise_scale']:.1f}); "
-            f"train_loss {first['train_loss']:.3f} → {run[-1]['train_loss']:.3f}; wall {run[0]['wall_s']} s"
+            f"{last['noise_scale']:.0f} at step {last['step']} (×{last['noise_scale'] / first['noise_scale']:.1f}; "
+            f"2-sigma lower bound {last.get('lower_bound', float('nan')):.0f}; last resolved value "
+            f"{last_resolved['noise_scale']:.0f} at step {last_resolved['step']}, "
+            f"{sum(1 for r in run if r.get('resolved'))}/{len(run)} logged points resolved); train_loss "
+            f"{first['train_loss']:.3f} → {last['train_loss']:.3f}; wall {run[0]['wall_s']} s"
         )
     fig.tight_layout()
     fig.savefig(OUT / "noise_scale.png", dpi=110)

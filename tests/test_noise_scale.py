@@ -344,6 +344,20 @@ class TestEstimator:
         gns.load_state_dict(other.state_dict())
         assert (gns.grad_sq_norm, gns.grad_var, gns.measurements) == (1.0, 10.0, 3)
 
+    def test_lower_bound_when_the_average_is_not_resolved(self) -> None:
+        """Averaged |G|^2 = 1 with per-step spread 5 over 25 measurements: standard error 1, so |G|^2 is 1 se above
+        0 (not resolved) and the lower bound is tr Sigma / (1 + 2)."""
+        gns = GradientNoiseScale(Frozen(dataset()).parameters())
+        state = {"grad_sq_norm_biased": 0.5, "grad_var_biased": 5.0, "weight": 0.5, "measurements": 25}
+        gns.load_state_dict({**state, "grad_sq_norm_sq_biased": 0.5 * 26})
+        assert gns.noise_scale == pytest.approx(10.0)
+        assert gns.noise_scale_lower_bound == pytest.approx(10.0 / 3)
+        assert not gns.resolved
+        gns.load_state_dict({**state, "grad_sq_norm_sq_biased": 0.5 * 1.2})  # spread 0.45: se 0.09
+        assert gns.resolved
+        text = describe_noise_scale(10.0, 64, lower_bound=10 / 3)
+        assert text.startswith("noise scale ≳ 3.33 samples (|G|² not resolved at this batch); effective batch 64 ≤ 19")
+
     def test_bad_arguments(self) -> None:
         model = Frozen(dataset())
         with pytest.raises(ValueError, match=r"`smoothing` must be a number in \[0, 1\), got 1"):

@@ -570,7 +570,10 @@ class BatchScalingCallback(pl.Callback):
         """The epoch's info line (also appended to ``summary``), and the far-beyond warning late in training."""
         if self._noise is None or not self._noise.measurements or self._effective is None:
             return
-        line = f"{describe_noise_scale(self._noise.noise_scale, self._effective)} (epoch {trainer.current_epoch})"
+        bound = None if self._noise.resolved else self._noise.noise_scale_lower_bound
+        line = (
+            f"{describe_noise_scale(self._noise.noise_scale, self._effective, bound)} (epoch {trainer.current_epoch})"
+        )
         self.summary = f"{self._scaling_summary}\n{line}" if self._scaling_summary else line
         self._pl.utilities.rank_zero.rank_zero_info(f"{type(self).__name__}: {line}")
         if late:
@@ -580,6 +583,8 @@ class BatchScalingCallback(pl.Callback):
         """Warn once when B_eff > NOISE_WARN_RATIO × B_noise, from enough measurements to average over."""
         noise = self._noise
         if noise is None or self._effective is None or noise.measurements < 1 / (1 - noise.smoothing):
+            return
+        if not noise.resolved:  # far beyond the noise scale, |G|^2 is measured precisely: unresolved means below it
             return
         value = noise.noise_scale
         if value is not None and self._effective > self.NOISE_WARN_RATIO * value:

@@ -148,28 +148,50 @@ def predicted_cost(noise_scale: float, batch_size: float) -> tuple[float, float]
     return 1.0 + noise_scale / batch_size, 1.0 + batch_size / noise_scale
 
 
-def describe_noise_scale(noise_scale: float | None, batch_size: int) -> str:
+def describe_noise_scale(noise_scale: float | None, batch_size: int, lower_bound: float | None = None) -> str:
     """One line saying what the measured noise scale means for an effective batch of ``batch_size``.
+
+    Args:
+        noise_scale: The smoothed noise scale (``None``: not measured yet).
+        batch_size: The effective batch size.
+        lower_bound: Give it (e.g. :attr:`GradientNoiseScale.noise_scale_lower_bound`) when the estimate is not
+            resolved: the line then states the bound and the costs it implies.
 
     Example::
 
         >>> describe_noise_scale(820.0, 4096)
         'noise scale ≈ 820 samples; effective batch 4096 = 5.0× it: ≈1.2× the minimum steps, ≈6.0× the minimum samples'
-    """
+        >>> describe_noise_scale(9000.0, 64, lower_bound=2500.0)
+        'noise scale ≳ 2500 samples (|G|² not resolved at this batch); effective batch 64 ≤ 0.026× it: ≳40.1× the minimum steps, ≲1.0× the minimum samples'
+    """  # noqa: E501
     if noise_scale is None:
         return "noise scale not measured yet"
+    if lower_bound is not None:
+        if not lower_bound > 0 or not math.isfinite(lower_bound):
+            return f"noise scale not resolved (gradient noise dominates |G|²); effective batch {batch_size}"
+        steps, samples = predicted_cost(lower_bound, batch_size)
+        return (
+            f"noise scale ≳ {_round(lower_bound)} samples (|G|² not resolved at this batch); effective batch "
+            f"{batch_size} ≤ {_ratio(batch_size / lower_bound)}× it: ≳{steps:.1f}× the minimum steps, "
+            f"≲{samples:.1f}× the minimum samples"
+        )
     if not math.isfinite(noise_scale):
-        return f"noise scale not resolved (|G|² ≈ 0: gradient noise dominates); effective batch {batch_size}"
+        return f"noise scale not resolved (gradient noise dominates |G|²); effective batch {batch_size}"
     if noise_scale <= 0:
         return f"noise scale ≈ 0 samples (no gradient noise measured); effective batch {batch_size}"
     steps, samples = predicted_cost(noise_scale, batch_size)
-    ratio = batch_size / noise_scale
-    scale_text = f"{float(f'{noise_scale:.3g}'):.0f}" if noise_scale >= 100 else f"{noise_scale:.3g}"
     return (
-        f"noise scale ≈ {scale_text} samples; effective batch {batch_size} = {ratio:.1f}× it: "
-        if ratio >= 0.95
-        else f"noise scale ≈ {scale_text} samples; effective batch {batch_size} = {ratio:.2g}× it: "
-    ) + f"≈{steps:.1f}× the minimum steps, ≈{samples:.1f}× the minimum samples"
+        f"noise scale ≈ {_round(noise_scale)} samples; effective batch {batch_size} = "
+        f"{_ratio(batch_size / noise_scale)}× it: ≈{steps:.1f}× the minimum steps, ≈{samples:.1f}× the minimum samples"
+    )
+
+
+def _round(value: float) -> str:
+    return f"{float(f'{value:.3g}'):.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.1f}" if value >= 0.95 else f"{value:.2g}"
 
 
 class BiasCorrectedEMA:
@@ -279,6 +301,7 @@ class GradientNoiseScale:
         self.sync = sync
         self._sq_ema = BiasCorrectedEMA(self.smoothing)
         self._var_ema = BiasCorrectedEMA(self.smoothing)
+        self._sq2_ema = BiasCorrectedEMA(self.smoothing)  # of |G|^2 estimates squared: their spread
         self.measurements = 0
         self.last: NoiseEstimate | None = None
         self._sizes: list[int] = []  # this rank's finished micro-batch sizes in the current step
@@ -309,6 +332,27 @@ class GradientNoiseScale:
         if sq <= 0:
             return math.inf
         return max(var, 0.0) / sq
+
+    @property
+    def noise_scale_lower_bound(self) -> float | None:
+        r"""A rough 2-sigma lower bound on :math:`B_\text{noise}`,
+        :math:`\operatorname{tr}\Sigma / (|G|^2 + 2\,\text{se})`, with se the standard error of the averaged
+        :math:`|G|^2` (the spread of the per-step estimates over
+        :math:`\sqrt{n}`, :math:`n = \min(\text{measurements}, (1+\beta)/(1-\beta))`). When the batch is far below
+        the noise scale, each step's :math:`|G|^2` estimate is mostly noise: then only this bound is reliable."""
+        sq, var, sq2 = self.grad_sq_norm, self.grad_var, self._sq2_ema.value
+        if sq is None or var is None or sq2 is None:
+            return None
+        n = min(float(self.measurements), (1 + self.smoothing) / (1 - self.smoothing))
+        stderr = math.sqrt(max(sq2 - sq * sq, 0.0) / max(n, 1.0))
+        return max(var, 0.0) / (sq + 2 * stderr) if sq + 2 * stderr > 0 else math.inf
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the averaged :math:`|G|^2` is more than 2 standard errors above 0 (else :attr:`noise_scale` is
+        dominated by noise and :attr:`noise_scale_lower_bound` is the number to read)."""
+        low, value = self.noise_scale_lower_bound, self.noise_scale
+        return low is not None and value is not None and math.isfinite(value) and low >= value / 2
 
     # ------------------------------------------------------------------ measuring
     def micro_batch(self, batch_size: int, loss_scale: float = 1.0) -> None:
@@ -370,6 +414,7 @@ class GradientNoiseScale:
             return None
         self._sq_ema.update(estimate.grad_sq_norm)
         self._var_ema.update(estimate.grad_var)
+        self._sq2_ema.update(estimate.grad_sq_norm**2)
         self.measurements += 1
         self.last = estimate
         return estimate
@@ -387,6 +432,7 @@ class GradientNoiseScale:
             "smoothing": self.smoothing,
             "grad_sq_norm_biased": self._sq_ema.biased,
             "grad_var_biased": self._var_ema.biased,
+            "grad_sq_norm_sq_biased": self._sq2_ema.biased,
             "weight": self._sq_ema.weight,
             "measurements": self.measurements,
         }
@@ -396,7 +442,8 @@ class GradientNoiseScale:
         they are even if this instance's ``smoothing`` differs; later updates use this instance's."""
         self._sq_ema.biased = float(state.get("grad_sq_norm_biased", 0.0))
         self._var_ema.biased = float(state.get("grad_var_biased", 0.0))
-        self._sq_ema.weight = self._var_ema.weight = float(state.get("weight", 0.0))
+        self._sq2_ema.biased = float(state.get("grad_sq_norm_sq_biased", 0.0))
+        self._sq_ema.weight = self._var_ema.weight = self._sq2_ema.weight = float(state.get("weight", 0.0))
         self.measurements = int(state.get("measurements", 0))
 
     # ------------------------------------------------------------------ internals
