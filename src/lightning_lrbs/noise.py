@@ -271,7 +271,8 @@ class GradientNoiseScale:
 
     Usage per measured optimizer step: call :meth:`micro_batch` before *every* backward of the step (on every rank),
     then :meth:`step` after the last backward and before gradient clipping or ``optimizer.step()`` (with AMP: after
-    ``scaler.unscale_(optimizer)``). Steps without :meth:`micro_batch` calls are not measured.
+    ``scaler.unscale_(optimizer)``). Steps without :meth:`micro_batch` calls are not measured. Under DDP call
+    :meth:`step` on every rank on the same steps: it all-reduces.
 
     Args:
         params: The parameters whose gradients to measure (typically all trained ones).
