@@ -139,14 +139,15 @@ def estimator_cost_ms(trainer: pl.Trainer) -> float:
     return min(with_gns) - min(without) + per_call(norms)
 
 
-def paired_fit(steps: int, data_dir: Path, seed: int) -> list[float]:
+def paired_fit(steps: int, data_dir: Path, seed: int, measure: bool = True) -> list[float]:
     """One fit measuring every 2nd step: per pair (measured step, next unmeasured step), their time difference in ms.
 
-    Neighbouring steps share the machine's load, so the differences resolve far less than whole fits do."""
+    Neighbouring steps share the machine's load, so the differences resolve far less than whole fits do.
+    ``measure=False`` is the control: the same pairs without any measurement."""
     pl.seed_everything(seed, verbose=False)
     datamodule = MNISTDataModule(data_dir, batch_size=MICRO_BATCH, seed=seed, download=False)
     clock = StepClock()
-    callback = BatchScalingCallback(base_batch_size=8, noise_scale=True, noise_every_n_steps=2)
+    callback = BatchScalingCallback(base_batch_size=8, noise_scale=measure, noise_every_n_steps=2)
     trainer = _trainer([clock, callback], (steps + 11) * ACCUMULATION, logger=MemoryLogger(), log_every_n_steps=10**6)
     trainer.fit(MNISTConvNet(lr=0.01), datamodule=datamodule)
     starts = clock.times[::ACCUMULATION]
@@ -210,9 +211,14 @@ def overhead(args: argparse.Namespace) -> None:
             )
         print(f"round {round_}: " + ", ".join(f"{v} {times[v]:.1f} ms" for v in VARIANTS), flush=True)
     diffs = paired_fit(args.paired_steps, args.data_dir, args.seed)
+    control = paired_fit(args.paired_steps, args.data_dir, args.seed, measure=False)
     raw_plain, raw_measured = raw_step_ms()
     wall = time.perf_counter() - start
     write_csv(OUT / "noise_scale_overhead.csv", rows)
+    write_csv(
+        OUT / "noise_scale_overhead_control.csv",
+        [{"pair": i, "even_minus_odd_ms": round(d, 4)} for i, d in enumerate(control)],
+    )
     write_csv(
         OUT / "noise_scale_overhead_paired.csv",
         [{"pair": i, "measured_minus_next_ms": round(d, 4)} for i, d in enumerate(diffs)],
@@ -221,7 +227,7 @@ def overhead(args: argparse.Namespace) -> None:
     armed = statistics.median(probes)
     lines = [
         f"wall time {wall:.0f} s; {args.rounds} rounds × {len(VARIANTS)} variants of {args.steps} timed steps, then "
-        f"one paired fit of {args.paired_steps} steps",
+        f"a paired fit and its control of {args.paired_steps} steps each",
         "",
     ]
     lines.append("| variant | step time, median of rounds (ms) | ratio to noise_scale=False: median [min, max] |")
@@ -237,7 +243,9 @@ def overhead(args: argparse.Namespace) -> None:
         "",
         f"paired within one fit (`noise_every_n_steps=2`, {len(diffs)} pairs): measured step − next unmeasured step "
         f"= {med:.3f} ms median (quartiles {q1:.3f}, {q3:.3f}) = {100 * med / base_ms:.2f} % of a step; at the "
-        f"default interval {DEFAULT_EVERY}: {100 * med / DEFAULT_EVERY / base_ms:.3f} %",
+        f"default interval {DEFAULT_EVERY}: {100 * med / DEFAULT_EVERY / base_ms:.3f} %; control fit without "
+        f"measuring, even − odd steps: {quartiles(control)[1]:.3f} ms median (quartiles {quartiles(control)[0]:.3f}, "
+        f"{quartiles(control)[2]:.3f})",
         f"plain PyTorch, the same CNN step alternating measured / not (fastest of 200 each): {raw_plain:.2f} ms → "
         f"{raw_measured:.2f} ms measured (+{raw_measured - raw_plain:.3f} ms, "
         f"{100 * (raw_measured - raw_plain) / raw_plain:.2f} % of the bare step without Lightning)",

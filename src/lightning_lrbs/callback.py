@@ -272,11 +272,7 @@ class BatchScalingCallback(pl.Callback):
             self._log_lr(trainer)
         if self._adascale is not None and trainer.loggers:
             self._log_scale(trainer, every_n_steps=True)
-        if (
-            self._noise is not None
-            and trainer.global_step % self.noise_every_n_steps == 0
-            and (self._adascale is None or preconditioner_ready(self._adascale.optimizer))
-        ):
+        if self._noise is not None and self._measuring_noise(trainer):
             scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP: hooks see loss-scaled gradients
             amp = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
             size = self._batch_len(batch)
@@ -290,8 +286,8 @@ class BatchScalingCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         # .grad: the mean over ranks and micro-batches, AMP-unscaled, not yet clipped; Lightning divided each loss by A
-        if self._noise is not None and self._noise.local_micro_batches:
-            scale = self._noise.local_micro_batches / trainer.accumulate_grad_batches
+        if self._noise is not None and self._measuring_noise(trainer):  # on every rank alike: `step` all-reduces
+            scale = max(self._noise.local_micro_batches, 1) / trainer.accumulate_grad_batches
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             if scaler is not None and scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False):
                 scale *= float(scaler.get_scale())  # fused optimizers unscale inside `step`: .grad is still scaled
@@ -557,6 +553,14 @@ class BatchScalingCallback(pl.Callback):
     # ------------------------------------------------------------------ gradient noise scale (lightning_lrbs.noise)
     #: Warn when the effective batch is more than this many times the noise scale, late in training.
     NOISE_WARN_RATIO: ClassVar[float] = 10.0
+
+    def _measuring_noise(self, trainer: Any) -> bool:
+        return (
+            self._noise is not None
+            and trainer.global_step % self.noise_every_n_steps == 0
+            and trainer.world_size * trainer.accumulate_grad_batches >= 2
+            and (self._adascale is None or preconditioner_ready(self._adascale.optimizer))
+        )
 
     def _log_noise(self, trainer: Any) -> None:
         connector = getattr(trainer, "_logger_connector", None)

@@ -271,7 +271,8 @@ class GradientNoiseScale:
 
     Usage per measured optimizer step: call :meth:`micro_batch` before *every* backward of the step (on every rank),
     then :meth:`step` after the last backward and before gradient clipping or ``optimizer.step()`` (with AMP: after
-    ``scaler.unscale_(optimizer)``). Steps without :meth:`micro_batch` calls are not measured.
+    ``scaler.unscale_(optimizer)``). Steps without :meth:`micro_batch` calls are not measured. Under DDP call
+    :meth:`step` on every rank on the same steps: it all-reduces.
 
     Args:
         params: The parameters whose gradients to measure (typically all trained ones).
@@ -495,7 +496,8 @@ class GradientNoiseScale:
         device = local_sq.device if isinstance(local_sq, Tensor) else self.params[0].device
         if sync and dist.get_backend() == "nccl" and device.type != "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
-        tensor = torch.tensor([0.0, *values], dtype=torch.float64, device=device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        tensor = torch.tensor([0.0, *values], dtype=dtype, device=device)
         tensor[0] = local_sq
         if sync:
             dist.all_reduce(tensor)
