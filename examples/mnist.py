@@ -393,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     warmup.add_argument("--warmup-steps", type=int, default=0, help="LR warmup length in optimizer steps")
     warmup.add_argument("--warmup-epochs", type=float, default=0.0, help="LR warmup length in epochs")
     scaling.add_argument("--warmup-start-factor", type=float, default=None, help="warmup starts at this LR fraction")
+    scaling.add_argument(
+        "--noise-scale",
+        action="store_true",
+        help="measure the gradient noise scale (needs --accumulate-grad-batches >= 2 or >= 2 devices)",
+    )
     trainer = p.add_argument_group("trainer")
     trainer.add_argument("--epochs", type=int, default=1, help="training epochs")
     trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto ...")
@@ -449,6 +454,7 @@ def _train_and_test(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps,
         warmup_epochs=args.warmup_epochs,
         warmup_start_factor=args.warmup_start_factor,
+        noise_scale=args.noise_scale,
     )
     logger = CSVLogger(args.log_dir, name="mnist")
     trainer = pl.Trainer(

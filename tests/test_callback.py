@@ -182,7 +182,10 @@ class TestBadInput:
             ({"base_batch_size": 8.0}, r"`base_batch_size` must be a positive int, got 8.0"),
             ({"base_batch_size": True}, r"`base_batch_size` must be a positive int, got True"),
             ({"batch_size": -4}, r"`batch_size` must be a positive int, got -4"),
-            ({"rule": "cubic"}, r"`rule` must be one of 'linear', 'sqrt', 'auto', 'none'.* got 'cubic'"),
+            (
+                {"rule": "cubic"},
+                r"`rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde', 'adascale' .* got 'cubic'",
+            ),
             ({"rule": 3}, r"`rule` must be one of .* got 3"),
         ],
     )

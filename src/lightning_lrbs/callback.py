@@ -31,7 +31,15 @@ import torch
 from typing_extensions import override
 
 from lightning_lrbs._coerce import as_float, check_bool
+from lightning_lrbs.adascale import (
+    AdaScaleLR,
+    Statistics,
+    check_adascale_optimizer,
+    preconditioner,
+    preconditioner_ready,
+)
 from lightning_lrbs.batch import check_positive_int, loader_batch_size
+from lightning_lrbs.noise import GradientNoiseScale, check_smoothing, describe_noise_scale
 from lightning_lrbs.rescale import (
     check_numeric_lrs,
     flatten_schedulers,
@@ -72,7 +80,10 @@ class BatchScalingCallback(pl.Callback):
             adaptive optimizers), ``"auto"`` (per optimizer: ``sqrt`` for adaptive ones such as Adam, ``linear``
             otherwise, as timm does), ``"none"`` (1), ``"sde"`` (per optimizer: ``linear`` for SGD, ``sqrt`` for
             the Adam family and RMSprop with their betas, eps and RMSprop's alpha following the batch, Malladi et al.
-            2022; see :mod:`lightning_lrbs.sde`), or a callable ``f(r) -> float``.
+            2022; see :mod:`lightning_lrbs.sde`), ``"adascale"`` (at each step the AdaScale gain
+            :math:`r_t \in [1, r]` of the measured gradient noise, Johnson et al. 2020, :math:`r_t^{1/2}` for
+            adaptive optimizers; see :mod:`lightning_lrbs.adascale`; needs 2 or more devices or
+            ``accumulate_grad_batches >= 2``, and measures the noise at every step), or a callable ``f(r) -> float``.
         batch_size: Per-device batch size, for loaders that do not expose one. ``None`` reads it from the train
             loader(s) Lightning actually uses, or from the first batch.
         warmup_steps: Linear warmup length in optimizer steps (``0``: none).
@@ -92,6 +103,13 @@ class BatchScalingCallback(pl.Callback):
         scale_ema: Under every rule but ``"none"``, raise the decay :math:`\rho` of an ``EMAWeightAveraging`` (or a
             ``WeightAveraging`` with torch's EMA ``avg_fn``) in the same Trainer to :math:`\rho^\kappa`
             (Busbridge et al. 2023).
+        noise_scale: Measure the gradient noise scale :math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2`
+            (McCandlish et al. 2018) from the micro-batch gradients of each measured step (needs
+            ``accumulate_grad_batches >= 2`` or ``>= 2`` devices); see :mod:`lightning_lrbs.noise`. Read it as
+            :attr:`noise_scale`; logged as ``lrbs/noise_scale``, ``lrbs/grad_sq_norm``, ``lrbs/grad_var``.
+        noise_every_n_steps: Measure on every n-th optimizer step.
+        noise_smoothing: :math:`\beta` of the moving averages of :math:`|G|^2` and :math:`\operatorname{tr}\Sigma`,
+            per measured step.
 
     Raises:
         ValueError: If an argument is invalid (named in the message; NumPy numbers count as Python ones, flags must
@@ -123,6 +141,9 @@ class BatchScalingCallback(pl.Callback):
         accumulation: int | None = None,
         scale_weight_decay: bool = True,
         scale_ema: bool = True,
+        noise_scale: bool = False,
+        noise_every_n_steps: int = 10,
+        noise_smoothing: float = 0.95,
     ) -> None:
         super().__init__()
         self.base_batch_size = (
@@ -157,6 +178,11 @@ class BatchScalingCallback(pl.Callback):
         self._swa_originals: dict[int, Any] = {}  # id(StochasticWeightAveraging) -> its swa_lrs as the user gave them
         self._setup_accumulation = 1
         self._channel = ResultChannel()  # brings the workers' results back under `ddp_spawn`
+        self.measure_noise = check_bool(noise_scale, "noise_scale")
+        self.noise_every_n_steps = check_positive_int(noise_every_n_steps, "noise_every_n_steps")
+        self.noise_smoothing = check_smoothing(noise_smoothing, "noise_smoothing")
+        if self.rule == "adascale":  # the gain needs the noise statistics of every step (lightning_lrbs.adascale)
+            self.measure_noise, self.noise_every_n_steps = True, 1
         self._reset()
 
     def _reset(self) -> None:
@@ -176,6 +202,11 @@ class BatchScalingCallback(pl.Callback):
         self._finder_base: int | None = None  # the batch an LR finder swept at, when the module's LR comes from it
         self._steps_check: tuple[int, int] | None = None  # (expected steps of the first epoch, global_step at start)
         self.summary = ""
+        self._scaling_summary = ""
+        self._noise: GradientNoiseScale | None = None
+        self._noise_state: dict[str, Any] | None = None  # restored from a checkpoint, applied at train start
+        self._noise_warned: set[str] = set()
+        self._adascale: AdaScaleLR | None = None
 
     # ------------------------------------------------------------------ read-only results
     _REPORTED: ClassVar[tuple[str, ...]] = (
@@ -213,17 +244,31 @@ class BatchScalingCallback(pl.Callback):
     @property
     def scale_factors(self) -> tuple[float, ...]:
         """The LR factor now applied to each optimizer, relative to the module's own LRs."""
+        if self._adascale is not None:
+            return (self._adascale.factor,)
         return tuple(self._received()._factors or ())
 
     @property
     def scale_factor(self) -> float | tuple[float, ...] | None:
         """The LR factor now applied; a tuple (one per optimizer) when ``rule="auto"`` gives them different ones."""
+        if self._adascale is not None:
+            return self._adascale.factor
         factors = self._received()._factors
         if not factors:
             return None
         if all(f == factors[0] for f in factors):
             return factors[0]
         return tuple(factors)
+
+    @property
+    def noise_scale(self) -> float | None:
+        """The smoothed gradient noise scale in samples (``None`` before the first measurement or when not measured)."""
+        return None if self._noise is None else self._noise.noise_scale
+
+    @property
+    def noise(self) -> GradientNoiseScale | None:
+        """The estimator (``grad_sq_norm``, ``grad_var``, ``last``, ...) when ``noise_scale=True``."""
+        return self._noise
 
     @property
     def warmup(self) -> LinearWarmup | None:
@@ -248,6 +293,13 @@ class BatchScalingCallback(pl.Callback):
                 f"{type(pl_module).__name__} returned no optimizer"
             )
         check_numeric_lrs(trainer.optimizers)  # `lr=None` (Adafactor) or no `lr` key: nothing to scale
+        if self.rule == "adascale":
+            self._check_adascale(trainer, pl_module)
+        if self.measure_noise and not pl_module.automatic_optimization:
+            raise ValueError(
+                f"`noise_scale=True` needs automatic optimization, but {type(pl_module).__name__} sets "
+                "`automatic_optimization = False`: use `lightning_lrbs.noise.GradientNoiseScale` in `training_step`"
+            )
         scheduler_cls = self._pl.callbacks.GradientAccumulationScheduler
         if self.accumulation is not None and (
             trainer.accumulate_grad_batches != 1
@@ -264,11 +316,26 @@ class BatchScalingCallback(pl.Callback):
         local = self._local_batch_size(trainer, batch=None)
         if local is None:
             self._pending_batch = True  # only the first batch tells; scale before its optimizer step
-            return
-        self._apply(trainer, self._gather(trainer, local))
+        else:
+            self._apply(trainer, self._gather(trainer, local))
+        if self.measure_noise:
+            params = [p for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]]
+            transform = preconditioner(trainer.optimizers[0]) if self.rule == "adascale" else None
+            self._noise = GradientNoiseScale(params, smoothing=self.noise_smoothing, transform=transform)
+            if self._noise_state is not None:
+                self._noise.load_state_dict(self._noise_state)
+            if self._adascale is not None:
+                self._adascale.refresh()  # a resumed run continues from the checkpoint's statistics
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._noise is not None and trainer.world_size * self._accumulation_now(trainer) < 2:
+            self._warn_noise_once(
+                "single",
+                "`noise_scale=True` needs two or more micro-batch gradients per optimizer step, and this run has one "
+                "device without gradient accumulation: set `accumulate_grad_batches>=2` or train on 2 or more "
+                "devices to get an estimate. `noise_scale` stays as it is; training is not affected",
+            )
         if self._per_rank is None or self._swa_bn_pass(trainer):  # SWA's BatchNorm pass is no batch change
             return
         per_rank = self._per_rank
@@ -300,9 +367,33 @@ class BatchScalingCallback(pl.Callback):
             per_rank = self._gather(trainer, local)
             if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
                 self._apply(trainer, per_rank)
+        if self._adascale is not None and trainer.loggers:
+            self._log_scale(trainer, every_n_steps=True)
+        if self._noise is not None and self._measuring_noise(trainer):
+            scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP: hooks see loss-scaled gradients
+            amp = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+            size = self._batch_len(batch)
+            if size is not None:
+                self._noise.micro_batch(size, loss_scale=amp / trainer.accumulate_grad_batches)
+        if self._noise is not None and self._noise.measurements and trainer.loggers:
+            self._log_noise(trainer)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # .grad: the mean over ranks and micro-batches, AMP-unscaled, not yet clipped; Lightning divided each loss by A
+        if self._noise is not None and self._measuring_noise(trainer):  # on every rank alike: `step` all-reduces
+            scale = max(self._noise.local_micro_batches, 1) / trainer.accumulate_grad_batches
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            if scaler is not None and scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False):
+                scale *= float(scaler.get_scale())  # fused optimizers unscale inside `step`: .grad is still scaled
+            self._noise.step(grad_scale=scale)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = trainer.estimated_stepping_batches
+        self._report_noise(trainer, late=math.isfinite(steps) and trainer.global_step >= steps / 2)
         if self._steps_check is None:
             return
         (expected, start), self._steps_check = self._steps_check, None
@@ -319,6 +410,9 @@ class BatchScalingCallback(pl.Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_warmup()
+        if self._noise is not None:
+            self._noise.remove()
+            self._warn_noise_far_beyond(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -347,6 +441,8 @@ class BatchScalingCallback(pl.Callback):
                     self._tuned = (lr, int(trainer.accumulate_grad_batches))
         if stage == "fit" and trainer.global_rank == 0:  # a `ddp_spawn` worker reports to the launching process
             self._channel.send({key: self.__dict__[key] for key in self._REPORTED})
+        if self._noise is not None:
+            self._noise.remove()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -358,6 +454,7 @@ class BatchScalingCallback(pl.Callback):
             "warmup_start_factors": self._start_factors,
             "time_constants": self._time_constant_state,
             "lr_finder_base": self._finder_base,
+            "noise": self._noise.state_dict() if self._noise is not None else self._noise_state,
         }
 
     @override
@@ -370,6 +467,7 @@ class BatchScalingCallback(pl.Callback):
         self._start_factors = None if starts is None else [float(s) for s in starts]
         self._time_constant_state = state_dict.get("time_constants")
         self._finder_base = state_dict.get("lr_finder_base")
+        self._noise_state = state_dict.get("noise")
 
     # ------------------------------------------------------------------ internals
     def _accumulation_now(self, trainer: Any) -> int:
@@ -469,9 +567,14 @@ class BatchScalingCallback(pl.Callback):
         if first:
             self._start_warmup(trainer, optimizers, starts, warmup_steps)
             self._lr_names = self._make_lr_names(optimizers)
+        if self.rule == "adascale":
+            self._start_adascale(optimizers[0], base, effective)  # its hooks nest inside the warmup's
+        if first and self.log_lr:  # registered after the warmup's and the gain's pre-hooks: the LR the step uses
+            for index, optimizer in enumerate(optimizers):
+                self._log_handles.append(optimizer.register_step_pre_hook(self._make_log_hook(trainer, index)))
         configs = trainer.lr_scheduler_configs
         names = [n.label for n in optimizer_names(optimizers, [(c.scheduler.optimizer, c.name) for c in configs])]
-        self.summary = describe_scaling(
+        self.summary = self._scaling_summary = describe_scaling(
             effective,
             per_rank,
             accumulation,
@@ -487,6 +590,8 @@ class BatchScalingCallback(pl.Callback):
             details=[plan.describe(i) for i in range(len(optimizers))],
             tail=plan.describe_ema(),
         )
+        if self.rule == "adascale":
+            self.summary = self._scaling_summary = f"{self.summary}; × AdaScale gain in [1, {effective / base:.4g}]"
         if previous is not None and first:  # resumed from a checkpoint that holds scaled LRs
             rescaled = any(a != t for a, t in zip(applied, targets))
             applied_text = "/".join(format_factor(a) for a in applied)
@@ -497,6 +602,7 @@ class BatchScalingCallback(pl.Callback):
                 + (f", not {nominal}" if nominal != self._finder_base else "")
             )
         self.summary += swa_text
+        self._scaling_summary = self.summary
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
         hparams = {**self._hparams(trainer, optimizers, names), **self.time_constant_hyperparameters()}
@@ -563,20 +669,19 @@ class BatchScalingCallback(pl.Callback):
     def _start_warmup(
         self, trainer: Any, optimizers: list[torch.optim.Optimizer], starts: list[float], warmup_steps: int
     ) -> None:
-        """Start the warmup (``starts``: the factors whose inverse is the default start factor) and the LR log."""
+        """Start the warmup (``starts``: the factors whose inverse is the default start factor)."""
         self._resolved_warmup = warmup_steps
         if self._start_factors is None or len(self._start_factors) != len(optimizers):
             if self.warmup_start_factor is not None:
                 self._start_factors = [self.warmup_start_factor] * len(optimizers)
             else:
-                self._start_factors = [default_start_factor(f) for f in starts]
+                # adascale: from the unscaled LR as for linear, s = 1/S (its static factor is 1)
+                ratio = (self._effective or 1) / (self._base or 1)
+                self._start_factors = [default_start_factor(ratio if self.rule == "adascale" else f) for f in starts]
         if self._resolved_warmup > 0:
             self._warmup = LinearWarmup(
                 optimizers, self._resolved_warmup, self._start_factors, step_fn=lambda: self._warmup_step(trainer)
             )
-        if self.log_lr:  # registered after the warmup's pre-hook: sees the LR the step really uses
-            for index, optimizer in enumerate(optimizers):
-                self._log_handles.append(optimizer.register_step_pre_hook(self._make_log_hook(trainer, index)))
 
     def _warmup_step(self, trainer: Any) -> int:
         """``trainer.global_step``; past the warmup's end (no warming) while an LR finder sweeps in the middle of
@@ -584,6 +689,8 @@ class BatchScalingCallback(pl.Callback):
         return trainer.global_step if self in trainer.callbacks else sys.maxsize
 
     def _remove_warmup(self) -> None:
+        if self._adascale is not None:  # first: its hooks nest inside the warmup's; its last gain stays readable
+            self._adascale.remove()
         if self._warmup is not None:
             self._warmup.remove()
             self._warmup = None
@@ -674,9 +781,12 @@ class BatchScalingCallback(pl.Callback):
             for callback in trainer.callbacks
         )
 
-    def _log_scale(self, trainer: Any) -> None:
+    def _log_scale(self, trainer: Any, every_n_steps: bool = False) -> None:
+        connector = getattr(trainer, "_logger_connector", None)
+        if every_n_steps and connector is not None and not connector.should_update_logs:
+            return
         metrics = {"lrbs/effective_batch_size": float(self._effective or 0)}
-        for names, factor in zip(self._lr_names, self._factors or ()):
+        for names, factor in zip(self._lr_names, self.scale_factors):
             single = len(self._lr_names) == 1
             stem = names[0].split("/")[1].replace("lr-", "scale_factor-", 1)  # lrbs/lr-SGD-1/pg1 -> scale_factor-SGD-1
             metrics["lrbs/scale_factor" if single else f"lrbs/{stem}"] = factor
@@ -709,3 +819,95 @@ class BatchScalingCallback(pl.Callback):
         effective, base = self._effective or 0, self._base or 0
         for message in scaling_warnings(self.rule, optimizers, targets, effective, base, type(self).__name__):
             self._pl.utilities.rank_zero.rank_zero_warn(message, category=RuntimeWarning)
+
+    # ------------------------------------------------------------------ gradient noise scale (lightning_lrbs.noise)
+    #: Warn when the effective batch is more than this many times the noise scale, late in training.
+    NOISE_WARN_RATIO: ClassVar[float] = 10.0
+
+    def _measuring_noise(self, trainer: Any) -> bool:
+        return (
+            self._noise is not None
+            and trainer.global_step % self.noise_every_n_steps == 0
+            and trainer.world_size * trainer.accumulate_grad_batches >= 2
+            and (self._adascale is None or preconditioner_ready(self._adascale.optimizer))
+        )
+
+    def _log_noise(self, trainer: Any) -> None:
+        connector = getattr(trainer, "_logger_connector", None)
+        if self._noise is None or (connector is not None and not connector.should_update_logs):
+            return
+        values = {"noise_scale": self._noise.noise_scale, "grad_sq_norm": self._noise.grad_sq_norm}
+        values["grad_var"] = self._noise.grad_var
+        self._log_metrics(trainer, {f"lrbs/{k}": float(v) for k, v in values.items() if v is not None})
+
+    def _report_noise(self, trainer: Any, late: bool) -> None:
+        """The epoch's info line (also appended to ``summary``), and the far-beyond warning late in training."""
+        if self._noise is None or not self._noise.measurements or self._effective is None:
+            return
+        bound = None if self._noise.resolved else self._noise.noise_scale_lower_bound
+        line = (
+            f"{describe_noise_scale(self._noise.noise_scale, self._effective, bound)} (epoch {trainer.current_epoch})"
+        )
+        self.summary = f"{self._scaling_summary}\n{line}" if self._scaling_summary else line
+        self._pl.utilities.rank_zero.rank_zero_info(f"{type(self).__name__}: {line}")
+        if late:
+            self._warn_noise_far_beyond(trainer)
+
+    def _warn_noise_far_beyond(self, trainer: Any) -> None:
+        """Warn once when B_eff > NOISE_WARN_RATIO × B_noise, from enough measurements to average over."""
+        noise = self._noise
+        if noise is None or self._effective is None or noise.measurements < 1 / (1 - noise.smoothing):
+            return
+        if not noise.resolved:  # far beyond the noise scale, |G|^2 is measured precisely: unresolved means below it
+            return
+        value = noise.noise_scale
+        if value is not None and self._effective > self.NOISE_WARN_RATIO * value:
+            self._warn_noise_once(
+                "beyond",
+                f"the effective batch {self._effective} is far beyond the measured gradient noise scale "
+                f"({describe_noise_scale(value, self._effective)}): most of each step's samples buy little progress "
+                "(McCandlish et al. 2018); fewer devices or less accumulation would reach the same loss with fewer "
+                "samples, and LR scaling rules stop holding there",
+            )
+
+    def _warn_noise_once(self, key: str, message: str) -> None:
+        if key not in self._noise_warned:
+            self._noise_warned.add(key)
+            self._pl.utilities.rank_zero.rank_zero_warn(f"{type(self).__name__}: {message}", category=RuntimeWarning)
+
+    # ------------------------------------------------------------------ rule="adascale" (lightning_lrbs.adascale)
+    def _check_adascale(self, trainer: Any, pl_module: Any) -> None:
+        """Refuse, before anything changes, what rule="adascale" cannot do exactly."""
+        name = type(pl_module).__name__
+        optimizers = list(trainer.optimizers)
+        if len(optimizers) != 1:
+            raise ValueError(
+                f"rule='adascale' scales one optimizer (one gain from all measured gradients), but {name} has "
+                f"{len(optimizers)}: use another rule"
+            )
+        check_adascale_optimizer(optimizers[0])
+        if not pl_module.automatic_optimization:
+            raise ValueError(
+                f"rule='adascale' measures the gradient noise of each step and needs automatic optimization, but "
+                f"{name} sets `automatic_optimization = False`: use `lightning_lrbs.adascale.AdaScaleLR` in your loop"
+            )
+        accumulations = [self._accumulation_now(trainer)]
+        for callback in trainer.callbacks:
+            if isinstance(callback, self._pl.callbacks.GradientAccumulationScheduler):
+                accumulations += [callback.get_accumulate_grad_batches(e) for e in [0, *callback.scheduling]]
+        if trainer.world_size * min(accumulations) < 2:
+            raise ValueError(
+                "rule='adascale' needs the gradient noise of every optimizer step, measured from two or more "
+                "micro-batch gradients per step, and this run has one device without gradient accumulation: set "
+                "`accumulate_grad_batches>=2` (Trainer) or train on 2 or more devices"
+            )
+
+    def _noise_statistics(self) -> Statistics:
+        return (None, None) if self._noise is None else (self._noise.grad_sq_norm, self._noise.grad_var)
+
+    def _start_adascale(self, optimizer: torch.optim.Optimizer, base: int, effective: int) -> None:
+        """Start the gain's hooks after the warmup's (they nest inside them), or follow a new effective batch."""
+        if self._adascale is None:
+            self._adascale = AdaScaleLR(optimizer, self._noise_statistics, base, effective)
+        else:
+            self._adascale.set_batch_sizes(base, effective)

@@ -38,7 +38,9 @@ from typing import Any
 
 from torch.optim import Optimizer
 
+from lightning_lrbs.adascale import AdaScaleLR, check_adascale_optimizer, preconditioner
 from lightning_lrbs.batch import check_positive_int, effective_batch_size
+from lightning_lrbs.noise import GradientNoiseScale, check_smoothing
 from lightning_lrbs.rescale import flatten_schedulers, rescale_
 from lightning_lrbs.rules import Rule, resolve_rule, rule_name, scale_factor, validate_rule
 from lightning_lrbs.sde import plan_time_constants
@@ -61,6 +63,10 @@ class ScalingResult:
         summary: One line with the numbers, for a log.
         hyperparameters: The betas, eps, weight decays and EMA decays changed (:mod:`lightning_lrbs.sde`), as now in
             force, e.g. ``{"lrbs/beta1-Adam": 0.81}``: for a logger's ``log_hyperparams``.
+        noise: With ``rule="adascale"``: the :class:`~lightning_lrbs.noise.GradientNoiseScale` to feed every step
+            (``noise.micro_batch(b, loss_scale=1 / A)`` before each backward, ``noise.step()`` before
+            ``optimizer.step()``; for adaptive optimizers only once ``adascale.preconditioner_ready(optimizer)``).
+        adascale: With ``rule="adascale"``: the :class:`~lightning_lrbs.adascale.AdaScaleLR` applying the gain.
     """
 
     effective_batch_size: int
@@ -70,10 +76,15 @@ class ScalingResult:
     warmup: LinearWarmup | None
     summary: str
     hyperparameters: dict[str, float] = field(default_factory=dict)
+    noise: GradientNoiseScale | None = None
+    adascale: AdaScaleLR | None = None
 
     @property
     def scale_factor(self) -> float | tuple[float, ...]:
-        """The LR factor; a tuple (one per optimizer) only when ``rule="auto"`` gave them different ones."""
+        """The LR factor; a tuple (one per optimizer) only when ``rule="auto"`` gave them different ones; with
+        ``rule="adascale"`` the gain factor the next step applies."""
+        if self.adascale is not None:
+            return self.adascale.factor
         if all(f == self.scale_factors[0] for f in self.scale_factors):
             return self.scale_factors[0]
         return self.scale_factors
@@ -131,6 +142,7 @@ def scale_for_batch(
     averaged_models: Sequence[Any] = (),
     scale_weight_decay: bool = True,
     scale_ema: bool = True,
+    noise_smoothing: float = 0.95,
 ) -> ScalingResult:
     r"""Scale the learning rates of ``optimizers`` and ``schedulers`` to the effective batch size, in place.
 
@@ -168,6 +180,14 @@ def scale_for_batch(
 
     Under ``rule="sde"`` the Adam family's betas and eps and RMSprop's alpha and eps follow :math:`\kappa` too
     (:mod:`lightning_lrbs.sde`); the summary lists every change.
+            With ``rule="adascale"``, ``None`` means :math:`s = 1/S` with :math:`S = B_\text{eff}/B_\text{base}`.
+        noise_smoothing: With ``rule="adascale"``: :math:`\beta` of the noise statistics' moving averages.
+
+    With ``rule="adascale"`` the LRs are not rescaled up front: step :math:`t` uses the scheduled LR times the warmup
+    times the AdaScale gain :math:`r_t` of the noise measured at steps :math:`0 \dots t-1` (:math:`r_t^{1/2}` for
+    adaptive optimizers; see :mod:`lightning_lrbs.adascale`), exactly as :class:`~lightning_lrbs.BatchScalingCallback`
+    does. Feed ``result.noise`` every step (see :class:`ScalingResult`); to resume, save ``result.noise.state_dict()``
+    and after loading it call ``result.adascale.refresh()``.
 
     Returns:
         A :class:`ScalingResult` with the effective batch size, the factors, the warmup and a summary line.
@@ -219,6 +239,7 @@ def scale_for_batch(
         effective = effective_batch_size(first, accumulation, world_size)
     base = first if base_batch_size is None else check_positive_int(base_batch_size, "base_batch_size")
     validate_rule(rule)
+    smoothing = check_smoothing(noise_smoothing, "noise_smoothing")
     warmup_steps = check_warmup_steps(warmup_steps)
     start_factor = None if warmup_start_factor is None else check_start_factor(warmup_start_factor)
 
@@ -228,6 +249,9 @@ def scale_for_batch(
         raise ValueError("`optimizers` must hold at least one optimizer")
     scheduler_list = flatten_schedulers([schedulers] if hasattr(schedulers, "optimizer") else schedulers)
     ratio = effective / base
+    if rule == "adascale":
+        ranks = world_size if per_device_sizes is None else len(per_device_sizes)
+        _check_adascale(optimizer_list, ranks * accumulation)
     factors = [scale_factor(ratio, rule, o) for o in optimizer_list]
     rules = [rule_name(resolve_rule(rule, o)) for o in optimizer_list]
 
@@ -246,9 +270,16 @@ def scale_for_batch(
     rescale_(owners, scheduler_list, factors)  # checks the schedulers' optimizers before changing anything
     plan.apply()
     warmup = None
-    starts = [start_factor if start_factor is not None else default_start_factor(f) for f in factors]
+    reference = [ratio if rule == "adascale" else f for f in factors]  # adascale: from the unscaled LR, s = 1/S
+    starts = [start_factor if start_factor is not None else default_start_factor(f) for f in reference]
     if warmup_steps > 0:
         warmup = LinearWarmup(optimizer_list, warmup_steps, starts)
+    noise = adascale = None
+    if rule == "adascale":  # after the warmup: the gain's hooks nest inside the warmup's
+        optimizer = optimizer_list[0]
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        gns = noise = GradientNoiseScale(params, smoothing=smoothing, transform=preconditioner(optimizer))
+        adascale = AdaScaleLR(optimizer, lambda: (gns.grad_sq_norm, gns.grad_var), base, effective)
     summary = describe_scaling(
         effective,
         per_device_sizes or [first],
@@ -266,4 +297,31 @@ def scale_for_batch(
     for message in scaling_warnings(rule, optimizer_list, factors, effective, base, "scale_for_batch"):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     hparams = plan.hyperparameters([[f"lrbs/{g}" for g in n.groups] for n in optimizer_names(optimizer_list)])
-    return ScalingResult(effective, base, tuple(factors), tuple(rules), warmup, summary, hparams)
+    if adascale is not None:
+        summary += f"; × AdaScale gain in [1, {ratio:.4g}]"
+    return ScalingResult(
+        effective,
+        base,
+        tuple(factors),
+        tuple(rules),
+        warmup,
+        summary,
+        hyperparameters=hparams,
+        noise=noise,
+        adascale=adascale,
+    )
+
+
+def _check_adascale(optimizers: list[Optimizer], micro_batches: int) -> None:
+    """Refuse what ``rule="adascale"`` cannot do: several optimizers, refused ones, a single micro-batch per step."""
+    if len(optimizers) != 1:
+        raise ValueError(
+            f"rule='adascale' scales one optimizer (one gain from all measured gradients), got {len(optimizers)}"
+        )
+    check_adascale_optimizer(optimizers[0])
+    if micro_batches < 2:
+        raise ValueError(
+            "rule='adascale' needs the gradient noise of every optimizer step, measured from two or more micro-batch "
+            "gradients per step, and this loop has one rank without gradient accumulation: pass `accumulation>=2` "
+            "or `world_size>=2`"
+        )

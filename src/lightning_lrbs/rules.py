@@ -20,6 +20,8 @@ the learning rates were tuned for, a rule gives the factor :math:`f(r)` applied 
 - **sde**: per optimizer, ``linear`` for SGD and ``sqrt`` for the Adam family and RMSprop, whose betas, epsilon and
   averaging constants then follow the batch too (Malladi et al. 2022; see :mod:`lightning_lrbs.sde`); ``sqrt`` and a
   warning for optimizers without a known SDE rule.
+- **adascale**: a factor measured at every step from the gradient noise (:mod:`lightning_lrbs.adascale`); its static
+  factor here is 1.
 - a callable ``f(r) -> float``: any rule of your own; it must return a finite positive number.
 """
 
@@ -46,7 +48,7 @@ __all__ = [
     "validate_rule",
 ]
 
-RuleName = Literal["linear", "sqrt", "auto", "none", "sde"]
+RuleName = Literal["linear", "sqrt", "auto", "none", "sde", "adascale"]
 Rule = RuleName | Callable[[float], float]
 RULES: tuple[str, ...] = get_args(RuleName)
 
@@ -80,11 +82,11 @@ def validate_rule(rule: object, name: str = "rule") -> Rule:
 
         >>> validate_rule("sqrt")
         'sqrt'
-        >>> validate_rule("cubic")
+        >>> validate_rule("cubic")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde' or a callable ratio -> factor, got 'cubic'
-    """  # noqa: E501
+        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde', 'adascale' or a callable ... 'cubic'
+    """
     if callable(rule) or (isinstance(rule, str) and rule in RULES):
         return rule  # type: ignore[return-value]
     supported = ", ".join(repr(r) for r in RULES)
@@ -173,7 +175,7 @@ def scale_factor(ratio: float, rule: Rule = "linear", optimizer: torch.optim.Opt
         return float(ratio)
     if resolved == "sqrt":
         return math.sqrt(ratio)
-    if resolved == "none":
+    if resolved in ("none", "adascale"):  # adascale: the static factor is 1, the gain is applied per step
         return 1.0
     assert callable(resolved)  # noqa: S101 - narrowed by validate_rule
     returned = resolved(float(ratio))

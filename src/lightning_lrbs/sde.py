@@ -120,11 +120,12 @@ def unknown_sde_optimizers(optimizers: Sequence[Optimizer]) -> list[str]:
 
 
 def scales_weight_decay(rule: object) -> bool:
-    """Whether decoupled weight decay follows the rule: every static rule but ``"none"``.
+    r"""Whether decoupled weight decay follows the rule: every static rule but ``"none"``.
 
-    A rule whose factor moves every step (AdaScale, planned) will be added here as leaving weight decay alone.
+    Not under ``"adascale"``: its factor moves every step, so no single :math:`\lambda\kappa/f` keeps
+    :math:`\eta\lambda` per epoch; weight decay is left alone there.
     """
-    return rule != "none"
+    return rule not in ("none", "adascale")
 
 
 def scales_ema(rule: object) -> bool:

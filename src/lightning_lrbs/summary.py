@@ -252,7 +252,7 @@ def scaling_warnings(
             f"{who}: rule='sde' knows no SDE rule for {', '.join(unknown)}: their LR follows the square-root rule "
             "and nothing else of theirs is changed"
         )
-    if rule != "none" and all(f == 1.0 for f in factors):
+    if rule not in ("none", "adascale") and all(f == 1.0 for f in factors):  # adascale: the gain comes per step
         messages.append(
             f"{who}: the LR factor is 1 (effective batch {effective}, base {base}, rule {rule_name(rule)}): "
             "nothing to scale"

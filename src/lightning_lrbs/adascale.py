@@ -1,0 +1,387 @@
+r"""AdaScale: a learning-rate factor that follows the measured gradient noise.
+
+Pure PyTorch, no Lightning import: usable from raw PyTorch and Lightning Fabric loops.
+
+AdaScale (Johnson et al. 2020, *AdaScale SGD: A User-Friendly Algorithm for Distributed Training*,
+arXiv:2007.05105) trains at :math:`S` times the base batch with the LR multiplied, at every step, by the *gain ratio*
+
+.. math::
+
+    r = \frac{\sigma^2 + \mu^2}{\sigma^2 / S + \mu^2}, \qquad
+    \sigma^2 = \frac{\operatorname{tr}\Sigma}{B_\text{base}}, \quad \mu^2 = |G|^2, \quad
+    S = \frac{B_\text{eff}}{B_\text{base}},
+
+(:math:`G` the true gradient, :math:`\Sigma` the per-example gradient covariance, both estimated and smoothed by
+:class:`lightning_lrbs.noise.GradientNoiseScale`). With the simple noise scale
+:math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2` this is McCandlish et al. 2018's (*An Empirical Model of
+Large-Batch Training*, arXiv:1812.06162, eq. 2.7) ratio of the best SGD learning rates
+:math:`\epsilon_\text{opt}(B) = \epsilon_\max / (1 + B_\text{noise}/B)` at the two batch sizes:
+
+.. math::
+
+    r = \frac{1 + B_\text{noise}/B_\text{base}}{1 + B_\text{noise}/B_\text{eff}}
+      = \frac{\epsilon_\text{opt}(B_\text{eff})}{\epsilon_\text{opt}(B_\text{base})}.
+
+It is :math:`\approx S` (the linear rule) while :math:`B_\text{eff} \ll B_\text{noise}`, levels off at
+:math:`1 + B_\text{noise}/B_\text{base}` beyond it, and starts near 1 early in training, when the noise scale is
+small. It always lies between 1 and :math:`S`.
+
+For adaptive optimizers (Adam and its family) AdaptDL's ``AdamScale`` (Qiao et al. 2021, *Pollux*, OSDI) uses
+:math:`r^{1/2}`, with the noise measured on the preconditioned gradients :math:`g / (\sqrt{\hat v} + \epsilon)`:
+:func:`preconditioner` builds that transform from the optimizer's own state. This is implemented as AdaptDL
+intends it, but it is *not* validated here the way the SGD gain is.
+
+:class:`AdaScaleLR` applies the gain: it multiplies the scheduled LR in an optimizer step pre-hook and puts it back
+in a step post-hook, like :class:`lightning_lrbs.warmup.LinearWarmup` (schedulers never see it), and nests inside a
+warmup registered before it. **Step** :math:`t` **uses the statistics of steps** :math:`0 \dots t-1` (factor 1 at the
+first step): the gain is refreshed in the post-hook, once the step's measurement is in. Lightning evaluates the last
+backward of a step inside ``optimizer.step(closure)``, after the step pre-hook, so using step :math:`t`'s own
+statistics would need the LR set from inside the closure; the one-step lag keeps one behaviour for Lightning, Fabric
+and raw loops alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+
+from lightning_lrbs.rescale import scalable_groups
+from lightning_lrbs.rules import is_adaptive
+
+__all__ = [
+    "AdaScaleLR",
+    "adascale_gain",
+    "check_adascale_optimizer",
+    "gain_exponent",
+    "gain_from_noise_scale",
+    "preconditioner",
+    "preconditioner_ready",
+]
+
+#: ``(|G|^2, tr Sigma)`` smoothed, or ``None`` each before the first measurement.
+Statistics = tuple[float | None, float | None]
+
+#: The adaptive optimizers whose preconditioner :func:`preconditioner` reproduces exactly.
+_PRECONDITIONED = ("Adam", "AdamW", "NAdam", "Adamax", "RMSprop", "Adagrad")
+
+
+def _check_positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite positive number for rule='adascale', got {value!r}")
+    return float(value)
+
+
+def adascale_gain(grad_sq_norm: float, grad_var: float, base_batch_size: float, scale: float) -> float:
+    r"""The AdaScale gain ratio :math:`r = (\sigma^2 + \mu^2) / (\sigma^2/S + \mu^2)`.
+
+    Johnson et al. 2020 (arXiv:2007.05105), eq. (3), with :math:`\sigma^2 = \operatorname{tr}\Sigma / B_\text{base}`
+    (the variance of the gradient at the base batch) and :math:`\mu^2 = |G|^2`.
+
+    The smoothed estimates are clamped at 0 (:math:`\mu^2 \le 0` means the noise dominates the measurement:
+    :math:`r = S`; :math:`\sigma^2 \le 0` means no noise: :math:`r = 1`; both 0: :math:`r = 1`), so :math:`r` lies
+    between 1 and :math:`S` (between :math:`S` and 1 when :math:`S < 1`). fairscale instead clamps each *step's*
+    values before smoothing (:math:`|G|^2 \ge 0`, variance :math:`\ge 10^{-6}`); where those clamps do not act,
+    both give the same gain.
+
+    Args:
+        grad_sq_norm: :math:`|G|^2`, the smoothed squared norm of the true gradient.
+        grad_var: :math:`\operatorname{tr}\Sigma`, the smoothed per-example gradient variance (trace).
+        base_batch_size: :math:`B_\text{base}`, the batch the LR was tuned for.
+        scale: :math:`S = B_\text{eff} / B_\text{base}`.
+
+    Example::
+
+        >>> adascale_gain(grad_sq_norm=1.0, grad_var=32.0, base_batch_size=32, scale=8)  # B_noise = B_base
+        1.7777777777777777
+        >>> adascale_gain(1.0, 0.0, 32, 8), adascale_gain(0.0, 32.0, 32, 8)
+        (1.0, 8.0)
+    """
+    base = _check_positive(base_batch_size, "base_batch_size")
+    s = _check_positive(scale, "scale")
+    if not (math.isfinite(grad_sq_norm) and math.isfinite(grad_var)):
+        raise ValueError(f"the noise statistics must be finite, got |G|^2={grad_sq_norm!r}, tr Σ={grad_var!r}")
+    mu2 = max(float(grad_sq_norm), 0.0)
+    sigma2 = max(float(grad_var), 0.0) / base
+    if sigma2 == 0.0:
+        return 1.0
+    if mu2 == 0.0:
+        return s
+    gain = (sigma2 + mu2) / (sigma2 / s + mu2)
+    return min(max(gain, min(1.0, s)), max(1.0, s))  # rounding only: the formula lies between 1 and S
+
+
+def gain_from_noise_scale(noise_scale: float, base_batch_size: float, effective_batch_size: float) -> float:
+    r"""The same gain from the noise scale: :math:`r = (1 + B_\text{noise}/B_\text{base}) /
+    (1 + B_\text{noise}/B_\text{eff})`, the ratio of McCandlish et al.'s best SGD learning rates
+    :math:`\epsilon_\text{opt}(B) = \epsilon_\max/(1 + B_\text{noise}/B)` (arXiv:1812.06162, eq. 2.7).
+
+    Example::
+
+        >>> gain_from_noise_scale(noise_scale=32.0, base_batch_size=32, effective_batch_size=256)
+        1.7777777777777777
+        >>> gain_from_noise_scale(math.inf, 32, 256)
+        8.0
+    """
+    base = _check_positive(base_batch_size, "base_batch_size")
+    effective = _check_positive(effective_batch_size, "effective_batch_size")
+    if math.isnan(noise_scale) or noise_scale < 0:
+        raise ValueError(f"`noise_scale` must be >= 0 for rule='adascale', got {noise_scale!r}")
+    if math.isinf(noise_scale):
+        return effective / base
+    return (1.0 + noise_scale / base) / (1.0 + noise_scale / effective)
+
+
+def gain_exponent(optimizer: Optimizer) -> float:
+    r"""The power of the gain applied to ``optimizer``'s LR: 1 for SGD-like optimizers, :math:`1/2` for adaptive ones
+    (:func:`lightning_lrbs.rules.is_adaptive`; AdaptDL's ``AdamScale``).
+
+    Example::
+
+        >>> w = [torch.zeros(1, requires_grad=True)]
+        >>> gain_exponent(torch.optim.SGD(w, lr=0.1)), gain_exponent(torch.optim.Adam(w))
+        (1.0, 0.5)
+    """
+    return 0.5 if is_adaptive(optimizer) else 1.0
+
+
+def check_adascale_optimizer(optimizer: Optimizer) -> None:
+    """Refuse optimizers ``rule="adascale"`` cannot serve exactly.
+
+    Raises:
+        ValueError: For ``LBFGS`` (it reads its LR and evaluates its closure several times inside one step, before
+            the step's gradients exist), and for adaptive optimizers whose preconditioner :func:`preconditioner` does
+            not reproduce (everything adaptive but Adam, AdamW, NAdam, Adamax, RMSprop and Adagrad, and these
+            with complex parameters).
+    """
+    name = type(optimizer).__name__
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ValueError(
+            "rule='adascale' cannot scale LBFGS: it evaluates its closure several times inside one step and reads "
+            "its LR before the step's gradients exist; use another rule"
+        )
+    if not is_adaptive(optimizer):
+        return
+    if type(optimizer).__name__ not in _PRECONDITIONED or not isinstance(optimizer, getattr(torch.optim, name)):
+        raise ValueError(
+            f"rule='adascale' measures an adaptive optimizer's noise on its preconditioned gradients and supports "
+            f"{', '.join(_PRECONDITIONED)}; got {name}: use rule='sqrt' or 'auto'"
+        )
+    for group in optimizer.param_groups:
+        if any(p.is_complex() for p in group["params"]):
+            raise ValueError(f"rule='adascale' does not support complex parameters in {name}")
+
+
+def _step_count(state: dict[str, Tensor]) -> float:
+    step = state["step"]
+    return float(step.item() if isinstance(step, Tensor) else step)
+
+
+def _denominator(optimizer: Optimizer, group: dict[str, Any], state: dict[str, Tensor]) -> Tensor:
+    r"""The elementwise preconditioner :math:`P` (update :math:`\propto g / P`) the optimizer's next step would use
+    if its state did not change, for the optimizers in ``_PRECONDITIONED`` (torch.optim's update rules)."""
+    eps = float(group["eps"])
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam)):
+        # Adam/AdamW/NAdam: sqrt(v_t / (1 - beta2^t)) + eps
+        # (AMSGrad: the running maximum max_exp_avg_sq in place of v_t)
+        beta2 = float(group["betas"][1])
+        correction = 1.0 - beta2 ** _step_count(state)
+        v: Tensor = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        return torch.sqrt(v / correction) + eps
+    if isinstance(optimizer, torch.optim.Adamax):
+        # Adamax: u_t = max(beta2 u_{t-1}, |g| + eps), no bias correction on u
+        return state["exp_inf"]
+    if isinstance(optimizer, torch.optim.RMSprop):
+        # RMSprop: sqrt(v_t) + eps, no bias correction; centered: sqrt(v_t - m_t^2) + eps
+        if group.get("centered"):
+            return (state["square_avg"] - state["grad_avg"] ** 2).sqrt() + eps
+        return state["square_avg"].sqrt() + eps
+    if isinstance(optimizer, torch.optim.Adagrad):
+        # Adagrad: sqrt(sum_t g^2) + eps
+        return state["sum"].sqrt() + eps
+    raise ValueError(f"rule='adascale' has no preconditioner for {type(optimizer).__name__}")  # pragma: no cover
+
+
+def preconditioner_ready(optimizer: Optimizer) -> bool:
+    """Whether every parameter of ``optimizer`` has the state :func:`preconditioner` reads (after its first step)."""
+    if not is_adaptive(optimizer):
+        return True
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if p.requires_grad and not state:
+                return False
+    return True
+
+
+def preconditioner(optimizer: Optimizer) -> Callable[[Tensor, Tensor], Tensor] | None:
+    r"""The ``transform(param, grad) -> grad / P`` that measures ``optimizer``'s noise on its preconditioned
+    gradients, or ``None`` for a non-adaptive optimizer (measure the raw gradients).
+
+    :math:`P` is read from the optimizer's state when the transform is called (linear in ``grad``): for Adam, AdamW
+    and NAdam :math:`\sqrt{v_t/(1-\beta_2^t)} + \epsilon` (``exp_avg_sq``, ``step``, ``betas``, ``eps``), for Adamax
+    ``exp_inf``, for RMSprop :math:`\sqrt{v_t} + \epsilon` (``square_avg``), for Adagrad :math:`\sqrt{\sum g^2} +
+    \epsilon` (``sum``): the preconditioner of the previous step, as AdaptDL's ``AdamGradientNoiseScale`` uses it.
+    Before the optimizer's first step there is no state: measure only once :func:`preconditioner_ready`.
+
+    Raises:
+        ValueError: If :func:`check_adascale_optimizer` refuses the optimizer.
+
+    Example::
+
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.Adam([w], betas=(0.9, 0.99), eps=0.0)
+        >>> w.grad = torch.tensor([2.0, -4.0]); opt.step()
+        >>> preconditioner(opt)(w, torch.tensor([2.0, -4.0]))  # |g| / sqrt(g^2) after one step
+        tensor([ 1., -1.])
+    """
+    check_adascale_optimizer(optimizer)
+    if not is_adaptive(optimizer):
+        return None
+    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+
+    def transform(param: Tensor, grad: Tensor) -> Tensor:
+        state = optimizer.state.get(param)
+        if not state:
+            raise RuntimeError(
+                f"rule='adascale': {type(optimizer).__name__} has no state for a parameter yet (before its first "
+                "step): measure only once `preconditioner_ready(optimizer)`"
+            )
+        return grad / _denominator(optimizer, groups[id(param)], state).to(grad.dtype)
+
+    return transform
+
+
+class AdaScaleLR:
+    r"""Multiply the scheduled LR of each optimizer step by the AdaScale gain :math:`r_t` (:math:`r_t^{1/2}` for
+    adaptive optimizers), from the noise statistics of the steps before it.
+
+    Step :math:`t` uses the gain of the statistics measured at steps :math:`0 \dots t-1`; the gain is refreshed in
+    each step post-hook, after the step's measurement (take it before ``optimizer.step()``). The pre-hook multiplies
+    every scalable group's LR (``"lrbs_scale": False`` groups are left alone) and the post-hook puts the scheduled
+    value back, so schedulers never see the gain. The post-hook is moved in front of the optimizer's other post-hooks,
+    so that it restores first: a :class:`~lightning_lrbs.warmup.LinearWarmup` registered before it then sees its own
+    value back, and the LR used is scheduled LR :math:`\times w(t) \times r_t`.
+
+    Args:
+        optimizer: The optimizer to scale (one: the gain is one number for all measured parameters).
+        statistics: Returns the smoothed ``(|G|^2, tr Sigma)`` (e.g. ``lambda: (gns.grad_sq_norm, gns.grad_var)``),
+            ``None`` each before the first measurement.
+        base_batch_size: :math:`B_\text{base}`.
+        effective_batch_size: :math:`B_\text{eff}`; change it with :meth:`set_batch_sizes`.
+
+    Raises:
+        ValueError: If the optimizer is refused (:func:`check_adascale_optimizer`) or a batch size is not positive.
+
+    Example::
+
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([w], lr=0.1)
+        >>> stats = [None, None]
+        >>> scaler = AdaScaleLR(opt, lambda: (stats[0], stats[1]), base_batch_size=32, effective_batch_size=256)
+        >>> used = []
+        >>> _ = opt.register_step_pre_hook(lambda o, a, k: used.append(o.param_groups[0]["lr"]))
+        >>> w.grad = torch.zeros(1)
+        >>> stats[:] = [1.0, 32.0]  # measured at step 0 (B_noise = 32), before its optimizer.step()
+        >>> opt.step()  # step 0: no statistics before it, factor 1
+        >>> opt.step()  # step 1: the gain of step 0's statistics
+        >>> used, opt.param_groups[0]["lr"], scaler.gain
+        ([0.1, 0.17777777777777778], 0.1, 1.7777777777777777)
+        >>> scaler.remove()
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        statistics: Callable[[], Statistics],
+        base_batch_size: float,
+        effective_batch_size: float,
+    ) -> None:
+        check_adascale_optimizer(optimizer)
+        self.optimizer = optimizer
+        self.statistics = statistics
+        self.exponent = gain_exponent(optimizer)
+        self.base_batch_size = _check_positive(base_batch_size, "base_batch_size")
+        self.effective_batch_size = _check_positive(effective_batch_size, "effective_batch_size")
+        self.gain = 1.0
+        self._pending: list[tuple[dict[str, Any], Any]] | None = None
+        self.refresh()
+        self._handles: list[RemovableHandle] = [optimizer.register_step_pre_hook(self._pre_hook)]
+        post = optimizer.register_step_post_hook(self._post_hook)
+        hooks = getattr(optimizer, "_optimizer_step_post_hooks", None)
+        if not isinstance(hooks, OrderedDict):  # pragma: no cover - torch >= 2.0 keeps them in an OrderedDict
+            post.remove()
+            self._handles[0].remove()
+            raise RuntimeError("rule='adascale' needs torch's ordered optimizer step post-hooks (torch >= 2.0)")
+        hooks.move_to_end(post.id, last=False)  # restore before the hooks registered earlier (the warmup's)
+        self._handles.append(post)
+
+    @property
+    def scale(self) -> float:
+        r""":math:`S = B_\text{eff} / B_\text{base}`."""
+        return self.effective_batch_size / self.base_batch_size
+
+    @property
+    def factor(self) -> float:
+        r"""The factor the next step applies: :math:`r` (SGD-like) or :math:`r^{1/2}` (adaptive)."""
+        return float(self.gain**self.exponent)
+
+    def set_batch_sizes(self, base_batch_size: float, effective_batch_size: float) -> None:
+        """Change :math:`B_\\text{base}` or :math:`B_\\text{eff}` (e.g. a new accumulation) and refresh the gain."""
+        self.base_batch_size = _check_positive(base_batch_size, "base_batch_size")
+        self.effective_batch_size = _check_positive(effective_batch_size, "effective_batch_size")
+        self.refresh()
+
+    def refresh(self) -> float:
+        """Recompute the gain from the statistics now (1 before the first measurement) and return it."""
+        sq, var = self.statistics()
+        if sq is None or var is None:
+            self.gain = 1.0
+        else:
+            self.gain = adascale_gain(sq, var, self.base_batch_size, self.scale)
+        return self.gain
+
+    def _pre_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self._pending is not None:  # applied already for this step
+            return
+        factor = self.factor
+        pending: list[tuple[dict[str, Any], Any]] = []
+        if factor != 1.0:
+            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
+                if not active:
+                    continue
+                lr = group["lr"]
+                if isinstance(lr, Tensor):
+                    pending.append((group, lr.detach().clone()))
+                    with torch.no_grad():
+                        lr.mul_(factor)
+                else:
+                    pending.append((group, lr))
+                    group["lr"] = lr * factor
+        self._pending = pending
+
+    def _post_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self._restore()
+        self.refresh()
+
+    def _restore(self) -> None:
+        pending, self._pending = self._pending, None
+        for group, lr in pending or ():
+            if isinstance(group["lr"], Tensor):
+                with torch.no_grad():
+                    group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
+
+    def remove(self) -> None:
+        """Detach the hooks, putting back any LR still scaled."""
+        self._restore()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
