@@ -5,7 +5,7 @@ page keeps its hand-written summary.
 README convention: every ```python block runs, each in a fresh namespace, in a fresh process with no GPU visible (a
 snippet may build ``Trainer(devices=8)`` but must not fit on 8 devices). A comment line right after a ``print(...)``
 line is the output it must print. A block right after a line ``<!-- not-runnable: <reason> -->`` is skipped (none is
-today).
+today). Interactive sessions (``>>>``) go in ```pycon blocks: the README's doctest runs them (``make test``).
 """
 
 from __future__ import annotations
