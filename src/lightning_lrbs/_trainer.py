@@ -19,11 +19,13 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lightning_lrbs.adascale import check_adascale_optimizer
+from lightning_lrbs.adascale import check_adascale_optimizer, preconditioner
 from lightning_lrbs.batch import loader_batch_size
 from lightning_lrbs.noise import GradientNoiseScale, describe_noise_scale
 from lightning_lrbs.rescale import check_numeric_lrs, scalable_groups
-from lightning_lrbs.summary import lr_monitor_names
+from lightning_lrbs.rules import Rule
+from lightning_lrbs.sde import TimeConstantPlan
+from lightning_lrbs.summary import describe_scaling, lr_monitor_names, optimizer_names, scaling_hparams
 from lightning_lrbs.warmup import steps_per_epoch
 
 __all__: list[str] = []
@@ -112,10 +114,53 @@ def first_epoch_steps(trainer: Any, warmup_epochs: float, accumulation: int) -> 
     return steps_per_epoch(int(batches), accumulation if automatic else 1, 1 if automatic else len(trainer.optimizers))
 
 
+def first_epoch_mismatch(
+    trainer: Any, who: str, warmup_epochs: float, warmup_steps: int | None, expected: int, start: int
+) -> str | None:
+    """The warning when the first epoch, begun at ``global_step`` ``start`` and not stopped early, made other than the
+    ``expected`` optimizer steps that ``warmup_epochs`` was converted with, else ``None``."""
+    made = trainer.global_step - start
+    stopped = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
+    if made == expected or stopped:
+        return None
+    return (
+        f"{who}: `warmup_epochs={warmup_epochs}` was converted with {expected} optimizer "
+        f"steps per epoch, but the first epoch made {made} (trainer.global_step): the warmup lasts "
+        f"{warmup_steps} steps, not {warmup_epochs} epoch(s). Give `warmup_steps=` instead"
+    )
+
+
 def loss_scaler(trainer: Any) -> Any:
     """The enabled fp16 AMP gradient scaler of the Trainer's precision plugin, else ``None``."""
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+def micro_batch_loss_scale(trainer: Any) -> float:
+    """What the gradients the hooks see are scaled by against the micro-batch's mean loss: the fp16 AMP loss scale,
+    over ``accumulate_grad_batches`` (Lightning divides each micro-batch's loss by it)."""
+    scaler = loss_scaler(trainer)
+    amp = float(scaler.get_scale()) if scaler is not None else 1.0
+    return float(amp / trainer.accumulate_grad_batches)
+
+
+def step_grad_scale(trainer: Any, optimizer: Optimizer, local_micro_batches: int) -> float:
+    """What ``.grad`` before ``optimizer.step`` is scaled by against the mean of this rank's micro-batch gradients:
+    micro-batches / ``accumulate_grad_batches``, and the fp16 AMP loss scale for fused optimizers, which unscale
+    inside ``step`` (``.grad`` is still scaled)."""
+    scale = max(local_micro_batches, 1) / trainer.accumulate_grad_batches
+    scaler = loss_scaler(trainer)
+    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        scale *= float(scaler.get_scale())
+    return float(scale)
+
+
+def noise_estimator(trainer: Any, smoothing: float, adascale: bool) -> GradientNoiseScale:
+    """A :class:`~lightning_lrbs.noise.GradientNoiseScale` over every parameter of the Trainer's optimizers, in
+    Adam's preconditioned geometry under ``adascale`` (:func:`~lightning_lrbs.adascale.preconditioner`)."""
+    params = [p for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]]
+    transform = preconditioner(trainer.optimizers[0]) if adascale else None
+    return GradientNoiseScale(params, smoothing=smoothing, transform=transform)
 
 
 # ---------------------------------------------------------------------- checks when the fit starts
@@ -260,7 +305,58 @@ def averaged_models(pl: ModuleType, trainer: Any) -> list[Any]:
     return [m for m in models if m is not None]
 
 
-# ---------------------------------------------------------------------- logging
+# ---------------------------------------------------------------------- reporting and logging
+def scaling_report(
+    trainer: Any,
+    rule: Rule,
+    effective: int,
+    per_rank: list[int],
+    accumulation: int,
+    base: int,
+    factors: list[float],
+    warmup_steps: int,
+    start_factors: Sequence[float],
+    plan: TimeConstantPlan,
+) -> tuple[str, dict[str, Any]]:
+    """The summary line (:func:`~lightning_lrbs.summary.describe_scaling`, with ``plan``'s changes) and the
+    hyperparameters (:func:`~lightning_lrbs.summary.scaling_hparams`) of the scaling of the Trainer's optimizers by
+    ``factors``, on its devices and nodes, each optimizer named as ``LearningRateMonitor`` names it."""
+    optimizers = list(trainer.optimizers)
+    names = [n.label for n in optimizer_names(optimizers, scheduled(trainer))]
+    devices, nodes = trainer.num_devices, trainer.num_nodes
+    text = describe_scaling(
+        effective,
+        per_rank,
+        accumulation,
+        base,
+        rule,
+        optimizers,
+        factors,
+        devices=devices,
+        nodes=nodes,
+        warmup_steps=warmup_steps,
+        start_factors=start_factors,
+        names=names,
+        details=[plan.describe(i) for i in range(len(optimizers))],
+        tail=plan.describe_ema(),
+    )
+    hparams = scaling_hparams(
+        effective,
+        per_rank[0],
+        accumulation,
+        base,
+        rule,
+        optimizers,
+        factors,
+        names=names,
+        devices=devices,
+        nodes=nodes,
+        warmup_steps=warmup_steps,
+        start_factors=start_factors,
+    )
+    return text, hparams
+
+
 def logs_now(trainer: Any) -> bool:
     """Whether the Trainer logs at this step (``log_every_n_steps``); ``True`` outside its fit loop."""
     connector = getattr(trainer, "_logger_connector", None)

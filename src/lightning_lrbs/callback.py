@@ -30,33 +30,19 @@ import torch
 from typing_extensions import override
 
 from lightning_lrbs import _trainer
-from lightning_lrbs._coerce import as_float, check_bool
-from lightning_lrbs.adascale import (
-    AdaScaleLR,
-    Statistics,
-    preconditioner,
-    preconditioner_ready,
-)
+from lightning_lrbs._coerce import check_bool
+from lightning_lrbs.adascale import AdaScaleLR, Statistics, preconditioner_ready
 from lightning_lrbs.batch import check_positive_int
 from lightning_lrbs.noise import GradientNoiseScale, check_smoothing
-from lightning_lrbs.rescale import (
-    flatten_schedulers,
-    rescale_,
-    unsaved_schedulers,
-)
+from lightning_lrbs.rescale import flatten_schedulers, rescale_, unsaved_schedulers
 from lightning_lrbs.rules import Rule, scale_factor, validate_rule
 from lightning_lrbs.sde import TimeConstantPlan, plan_time_constants
 from lightning_lrbs.spawn import ResultChannel
-from lightning_lrbs.summary import (
-    describe_scaling,
-    format_factor,
-    optimizer_names,
-    scaling_hparams,
-    scaling_warnings,
-)
+from lightning_lrbs.summary import scaling_notes, scaling_warnings
 from lightning_lrbs.warmup import (
     LinearWarmup,
     check_start_factor,
+    check_warmup_epochs,
     check_warmup_steps,
     default_start_factor,
 )
@@ -147,15 +133,7 @@ class BatchScalingCallback(pl.Callback):
         self.rule: Rule = validate_rule(rule)
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.warmup_steps = check_warmup_steps(warmup_steps)
-        epochs = as_float(warmup_epochs)  # Python or NumPy number; not a bool
-        if epochs is None or not math.isfinite(epochs) or epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be a non-negative finite number, got {warmup_epochs!r}")
-        if self.warmup_steps and epochs:
-            raise ValueError(
-                f"give either `warmup_steps` or `warmup_epochs`, not both: got warmup_steps={warmup_steps!r} "
-                f"and warmup_epochs={warmup_epochs!r}"
-            )
-        self.warmup_epochs = epochs
+        self.warmup_epochs = check_warmup_epochs(warmup_epochs, warmup_steps)
         self.warmup_start_factor = (
             None if warmup_start_factor is None else check_start_factor(warmup_start_factor, "warmup_start_factor")
         )
@@ -246,14 +224,12 @@ class BatchScalingCallback(pl.Callback):
     @property
     def scale_factor(self) -> float | tuple[float, ...] | None:
         """The LR factor now applied; a tuple (one per optimizer) when ``rule="auto"`` gives them different ones."""
-        if self._adascale is not None:
-            return self._adascale.factor
-        factors = self._received()._factors
+        factors = self.scale_factors
         if not factors:
             return None
         if all(f == factors[0] for f in factors):
             return factors[0]
-        return tuple(factors)
+        return factors
 
     @property
     def noise_scale(self) -> float | None:
@@ -293,9 +269,7 @@ class BatchScalingCallback(pl.Callback):
         else:
             self._apply(trainer, per_rank)
         if self.measure_noise:
-            params = [p for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]]
-            transform = preconditioner(trainer.optimizers[0]) if self.rule == "adascale" else None
-            self._noise = GradientNoiseScale(params, smoothing=self.noise_smoothing, transform=transform)
+            self._noise = _trainer.noise_estimator(trainer, self.noise_smoothing, adascale=self.rule == "adascale")
             if self._noise_state is not None:
                 self._noise.load_state_dict(self._noise_state)
             if self._adascale is not None:
@@ -341,11 +315,9 @@ class BatchScalingCallback(pl.Callback):
         if self._adascale is not None and trainer.loggers:
             self._log_scale(trainer, every_n_steps=True)
         if self._noise is not None and self._measuring_noise(trainer):
-            scaler = _trainer.loss_scaler(trainer)  # fp16 AMP: hooks see loss-scaled gradients
-            amp = float(scaler.get_scale()) if scaler is not None else 1.0
             size = _trainer.batch_len(self._pl, batch)
-            if size is not None:
-                self._noise.micro_batch(size, loss_scale=amp / trainer.accumulate_grad_batches)
+            if size is not None:  # fp16 AMP: the hooks see loss-scaled gradients
+                self._noise.micro_batch(size, loss_scale=_trainer.micro_batch_loss_scale(trainer))
         if self._noise is not None and self._noise.measurements and trainer.loggers and _trainer.logs_now(trainer):
             _trainer.log_metrics(trainer, _trainer.noise_metrics(self._noise))
 
@@ -355,11 +327,7 @@ class BatchScalingCallback(pl.Callback):
     ) -> None:
         # .grad: the mean over ranks and micro-batches, AMP-unscaled, not yet clipped; Lightning divided each loss by A
         if self._noise is not None and self._measuring_noise(trainer):  # on every rank alike: `step` all-reduces
-            scale = max(self._noise.local_micro_batches, 1) / trainer.accumulate_grad_batches
-            scaler = _trainer.loss_scaler(trainer)
-            if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
-                scale *= float(scaler.get_scale())  # fused optimizers unscale inside `step`: .grad is still scaled
-            self._noise.step(grad_scale=scale)
+            self._noise.step(grad_scale=_trainer.step_grad_scale(trainer, optimizer, self._noise.local_micro_batches))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -368,15 +336,10 @@ class BatchScalingCallback(pl.Callback):
         if self._steps_check is None:
             return
         (expected, start), self._steps_check = self._steps_check, None
-        made = trainer.global_step - start
-        stopped = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
-        if made != expected and not stopped:
-            self._pl.utilities.rank_zero.rank_zero_warn(
-                f"{type(self).__name__}: `warmup_epochs={self.warmup_epochs}` was converted with {expected} optimizer "
-                f"steps per epoch, but the first epoch made {made} (trainer.global_step): the warmup lasts "
-                f"{self._resolved_warmup} steps, not {self.warmup_epochs} epoch(s). Give `warmup_steps=` instead",
-                category=RuntimeWarning,
-            )
+        name, epochs = type(self).__name__, self.warmup_epochs
+        message = _trainer.first_epoch_mismatch(trainer, name, epochs, self._resolved_warmup, expected, start)
+        if message is not None:
+            self._pl.utilities.rank_zero.rank_zero_warn(message, category=RuntimeWarning)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -504,39 +467,21 @@ class BatchScalingCallback(pl.Callback):
         if first and self.log_lr:  # registered after the warmup's and the gain's pre-hooks: the LR the step uses
             for index, optimizer in enumerate(optimizers):
                 self._log_handles.append(optimizer.register_step_pre_hook(_trainer.lr_log_hook(trainer, self, index)))
-        names = [n.label for n in optimizer_names(optimizers, _trainer.scheduled(trainer))]
-        self.summary = self._scaling_summary = describe_scaling(
-            effective,
-            per_rank,
-            accumulation,
-            base,
-            self.rule,
-            optimizers,
-            targets,
-            devices=trainer.num_devices,
-            nodes=trainer.num_nodes,
-            warmup_steps=self._resolved_warmup or 0,
-            start_factors=self._start_factors or (),
-            names=names,
-            details=[plan.describe(i) for i in range(len(optimizers))],
-            tail=plan.describe_ema(),
+        warmup = (self._resolved_warmup or 0, self._start_factors or ())
+        text, hparams = _trainer.scaling_report(
+            trainer, self.rule, effective, per_rank, accumulation, base, targets, *warmup, plan
         )
-        if self.rule == "adascale":
-            self.summary = self._scaling_summary = f"{self.summary}; × AdaScale gain in [1, {effective / base:.4g}]"
-        if previous is not None and first:  # resumed from a checkpoint that holds scaled LRs
-            rescaled = any(a != t for a, t in zip(applied, targets))
-            applied_text = "/".join(format_factor(a) for a in applied)
-            self.summary += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
-        if self._finder_base is not None:
-            self.summary += (
-                f"; the LRs come from the LR finder, which swept at batch {self._finder_base}: base {self._finder_base}"
-                + (f", not {nominal}" if nominal != self._finder_base else "")
-            )
-        self.summary += swa_text
-        self._scaling_summary = self.summary
+        text += scaling_notes(
+            targets,
+            resumed_from=previous if first else None,  # resumed from a checkpoint that holds scaled LRs
+            adascale_ratio=effective / base if self.rule == "adascale" else None,
+            finder_base=self._finder_base,
+            nominal_base=nominal,
+        )
+        self.summary = self._scaling_summary = text + swa_text
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
-        hparams = {**self._hparams(trainer, optimizers, names), **self.time_constant_hyperparameters()}
+        hparams.update(self.time_constant_hyperparameters())
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
         if first and self._finder_base is None:
@@ -623,23 +568,6 @@ class BatchScalingCallback(pl.Callback):
         if every_n_steps and not _trainer.logs_now(trainer):
             return
         _trainer.log_metrics(trainer, _trainer.scale_metrics(self._effective or 0, self._lr_names, self.scale_factors))
-
-    def _hparams(self, trainer: Any, optimizers: list[torch.optim.Optimizer], names: list[str]) -> dict[str, Any]:
-        """The hyperparameters logged to every logger (:func:`~lightning_lrbs.summary.scaling_hparams`)."""
-        return scaling_hparams(
-            self._effective or 0,
-            (self._per_rank or [0])[0],
-            self._accumulation or 1,
-            self._base or 0,
-            self.rule,
-            optimizers,
-            self._factors or (),
-            names=names,
-            devices=trainer.num_devices,
-            nodes=trainer.num_nodes,
-            warmup_steps=self._resolved_warmup or 0,
-            start_factors=self._start_factors or (),
-        )
 
     def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
         effective, base = self._effective or 0, self._base or 0
