@@ -15,7 +15,8 @@ optimizer steps and composes with any scheduler. The factor already applied is s
 run, also on another number of devices, is always at base LR :math:`\times f`.
 
 The math lives in :mod:`lightning_lrbs.rules`, :mod:`lightning_lrbs.rescale`, :mod:`lightning_lrbs.warmup` and
-:mod:`lightning_lrbs.batch`, which import no Lightning; this module only reads the Trainer and calls them.
+:mod:`lightning_lrbs.batch`, which import no Lightning; what the hooks read from the Trainer is in
+:mod:`lightning_lrbs._trainer`; this module only wires the hooks to them.
 """
 
 from __future__ import annotations
