@@ -15,14 +15,14 @@ optimizer steps and composes with any scheduler. The factor already applied is s
 run, also on another number of devices, is always at base LR :math:`\times f`.
 
 The math lives in :mod:`lightning_lrbs.rules`, :mod:`lightning_lrbs.rescale`, :mod:`lightning_lrbs.warmup` and
-:mod:`lightning_lrbs.batch`, which import no Lightning; this module only reads the Trainer and calls them.
+:mod:`lightning_lrbs.batch`, which import no Lightning; what the hooks read from the Trainer is in
+:mod:`lightning_lrbs._trainer`; this module only wires the hooks to them.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -30,40 +30,22 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from lightning_lrbs._coerce import as_float, check_bool
-from lightning_lrbs.adascale import (
-    AdaScaleLR,
-    Statistics,
-    check_adascale_optimizer,
-    preconditioner,
-    preconditioner_ready,
-)
-from lightning_lrbs.batch import check_positive_int, loader_batch_size
-from lightning_lrbs.noise import GradientNoiseScale, check_smoothing, describe_noise_scale
-from lightning_lrbs.rescale import (
-    check_numeric_lrs,
-    flatten_schedulers,
-    rescale_,
-    scalable_groups,
-    unsaved_schedulers,
-)
+from lightning_lrbs import _trainer
+from lightning_lrbs._coerce import check_bool
+from lightning_lrbs.adascale import AdaScaleLR, Statistics, preconditioner_ready
+from lightning_lrbs.batch import check_positive_int
+from lightning_lrbs.noise import GradientNoiseScale, check_smoothing
+from lightning_lrbs.rescale import flatten_schedulers, rescale_, unsaved_schedulers
 from lightning_lrbs.rules import Rule, scale_factor, validate_rule
 from lightning_lrbs.sde import TimeConstantPlan, plan_time_constants
 from lightning_lrbs.spawn import ResultChannel
-from lightning_lrbs.summary import (
-    describe_scaling,
-    format_factor,
-    lr_monitor_names,
-    optimizer_names,
-    scaling_hparams,
-    scaling_warnings,
-)
+from lightning_lrbs.summary import scaling_notes, scaling_warnings
 from lightning_lrbs.warmup import (
     LinearWarmup,
     check_start_factor,
+    check_warmup_epochs,
     check_warmup_steps,
     default_start_factor,
-    steps_per_epoch,
 )
 
 __all__ = ["BatchScalingCallback"]
@@ -152,15 +134,7 @@ class BatchScalingCallback(pl.Callback):
         self.rule: Rule = validate_rule(rule)
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.warmup_steps = check_warmup_steps(warmup_steps)
-        epochs = as_float(warmup_epochs)  # Python or NumPy number; not a bool
-        if epochs is None or not math.isfinite(epochs) or epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be a non-negative finite number, got {warmup_epochs!r}")
-        if self.warmup_steps and epochs:
-            raise ValueError(
-                f"give either `warmup_steps` or `warmup_epochs`, not both: got warmup_steps={warmup_steps!r} "
-                f"and warmup_epochs={warmup_epochs!r}"
-            )
-        self.warmup_epochs = epochs
+        self.warmup_epochs = check_warmup_epochs(warmup_epochs, warmup_steps)
         self.warmup_start_factor = (
             None if warmup_start_factor is None else check_start_factor(warmup_start_factor, "warmup_start_factor")
         )
@@ -251,14 +225,12 @@ class BatchScalingCallback(pl.Callback):
     @property
     def scale_factor(self) -> float | tuple[float, ...] | None:
         """The LR factor now applied; a tuple (one per optimizer) when ``rule="auto"`` gives them different ones."""
-        if self._adascale is not None:
-            return self._adascale.factor
-        factors = self._received()._factors
+        factors = self.scale_factors
         if not factors:
             return None
         if all(f == factors[0] for f in factors):
             return factors[0]
-        return tuple(factors)
+        return factors
 
     @property
     def noise_scale(self) -> float | None:
@@ -286,42 +258,19 @@ class BatchScalingCallback(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning stands a `_MockOptimizer` without param groups in for a `configure_optimizers` returning None.
-        if not any(opt.param_groups for opt in trainer.optimizers):
-            raise ValueError(
-                f"{type(self).__name__} scales optimizer learning rates, but `configure_optimizers` of "
-                f"{type(pl_module).__name__} returned no optimizer"
-            )
-        check_numeric_lrs(trainer.optimizers)  # `lr=None` (Adafactor) or no `lr` key: nothing to scale
-        if self.rule == "adascale":
-            self._check_adascale(trainer, pl_module)
-        if self.measure_noise and not pl_module.automatic_optimization:
-            raise ValueError(
-                f"`noise_scale=True` needs automatic optimization, but {type(pl_module).__name__} sets "
-                "`automatic_optimization = False`: use `lightning_lrbs.noise.GradientNoiseScale` in `training_step`"
-            )
-        scheduler_cls = self._pl.callbacks.GradientAccumulationScheduler
-        if self.accumulation is not None and (
-            trainer.accumulate_grad_batches != 1
-            or any(isinstance(c, scheduler_cls) for c in getattr(trainer, "callbacks", []))
-        ):
-            raise ValueError(
-                f"`accumulation={self.accumulation}` is for accumulation by hand under manual optimization, but the "
-                f"Trainer accumulates itself (accumulate_grad_batches={trainer.accumulate_grad_batches} or a "
-                "GradientAccumulationScheduler): leave `accumulation` unset"
-            )
+        _trainer.check_fit(
+            self._pl, trainer, pl_module, type(self).__name__, self.rule, self.measure_noise, self.accumulation
+        )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        local = self._local_batch_size(trainer, batch=None)
-        if local is None:
+        per_rank = self._read_batch_sizes(trainer, batch=None)
+        if per_rank is None:
             self._pending_batch = True  # only the first batch tells; scale before its optimizer step
         else:
-            self._apply(trainer, self._gather(trainer, local))
+            self._apply(trainer, per_rank)
         if self.measure_noise:
-            params = [p for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]]
-            transform = preconditioner(trainer.optimizers[0]) if self.rule == "adascale" else None
-            self._noise = GradientNoiseScale(params, smoothing=self.noise_smoothing, transform=transform)
+            self._noise = _trainer.noise_estimator(trainer, self.noise_smoothing, adascale=self.rule == "adascale")
             if self._noise_state is not None:
                 self._noise.load_state_dict(self._noise_state)
             if self._adascale is not None:
@@ -329,25 +278,24 @@ class BatchScalingCallback(pl.Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._noise is not None and trainer.world_size * self._accumulation_now(trainer) < 2:
+        if self._noise is not None and _trainer.micro_batches(trainer, self._accumulation_now(trainer)) < 2:
             self._warn_noise_once(
                 "single",
                 "`noise_scale=True` needs two or more micro-batch gradients per optimizer step, and this run has one "
                 "device without gradient accumulation: set `accumulate_grad_batches>=2` or train on 2 or more "
                 "devices to get an estimate. `noise_scale` stays as it is; training is not affected",
             )
-        if self._per_rank is None or self._swa_bn_pass(trainer):  # SWA's BatchNorm pass is no batch change
+        if self._per_rank is None or _trainer.swa_bn_pass(self._pl, trainer):  # SWA's BatchNorm pass: no batch change
             return
         per_rank = self._per_rank
         reload = getattr(trainer, "reload_dataloaders_every_n_epochs", 0) > 0
         if reload and self.batch_size is None:  # the loader may be a new one, with another batch size
-            local = self._local_batch_size(trainer, batch=None)
-            if local is None:
+            read = self._read_batch_sizes(trainer, batch=None)
+            if read is None:
                 self._pending_batch = True  # read it from this epoch's first batch
             else:
-                per_rank = self._gather(trainer, local)
-        if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
-            self._apply(trainer, per_rank)
+                per_rank = read
+        self._apply_if_changed(trainer, per_rank)
         finder = self._pl.callbacks.BatchSizeFinder
         if self.batch_size is None and any(isinstance(c, finder) for c in getattr(trainer, "callbacks", ())):
             self._pending_batch = True  # a BatchSizeFinder may rebuild the loader in its own epoch-start hook
@@ -358,25 +306,21 @@ class BatchScalingCallback(pl.Callback):
     ) -> None:
         if self._pending_batch:
             self._pending_batch = False
-            local = self._local_batch_size(trainer, batch=batch)
-            if local is None:
+            per_rank = self._read_batch_sizes(trainer, batch=batch)
+            if per_rank is None:
                 raise ValueError(
                     f"{type(self).__name__} could not find the per-device batch size in the train loader or the first "
                     "batch: pass `batch_size=` (the number of samples each device feeds per step)"
                 )
-            per_rank = self._gather(trainer, local)
-            if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
-                self._apply(trainer, per_rank)
+            self._apply_if_changed(trainer, per_rank)
         if self._adascale is not None and trainer.loggers:
             self._log_scale(trainer, every_n_steps=True)
         if self._noise is not None and self._measuring_noise(trainer):
-            scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP: hooks see loss-scaled gradients
-            amp = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-            size = self._batch_len(batch)
-            if size is not None:
-                self._noise.micro_batch(size, loss_scale=amp / trainer.accumulate_grad_batches)
-        if self._noise is not None and self._noise.measurements and trainer.loggers:
-            self._log_noise(trainer)
+            size = _trainer.batch_len(self._pl, batch)
+            if size is not None:  # fp16 AMP: the hooks see loss-scaled gradients
+                self._noise.micro_batch(size, loss_scale=_trainer.micro_batch_loss_scale(trainer))
+        if self._noise is not None and self._noise.measurements and trainer.loggers and _trainer.logs_now(trainer):
+            _trainer.log_metrics(trainer, _trainer.noise_metrics(self._noise))
 
     @override
     def on_before_optimizer_step(
@@ -384,11 +328,7 @@ class BatchScalingCallback(pl.Callback):
     ) -> None:
         # .grad: the mean over ranks and micro-batches, AMP-unscaled, not yet clipped; Lightning divided each loss by A
         if self._noise is not None and self._measuring_noise(trainer):  # on every rank alike: `step` all-reduces
-            scale = max(self._noise.local_micro_batches, 1) / trainer.accumulate_grad_batches
-            scaler = getattr(trainer.precision_plugin, "scaler", None)
-            if scaler is not None and scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False):
-                scale *= float(scaler.get_scale())  # fused optimizers unscale inside `step`: .grad is still scaled
-            self._noise.step(grad_scale=scale)
+            self._noise.step(grad_scale=_trainer.step_grad_scale(trainer, optimizer, self._noise.local_micro_batches))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -397,22 +337,17 @@ class BatchScalingCallback(pl.Callback):
         if self._steps_check is None:
             return
         (expected, start), self._steps_check = self._steps_check, None
-        made = trainer.global_step - start
-        stopped = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
-        if made != expected and not stopped:
-            self._pl.utilities.rank_zero.rank_zero_warn(
-                f"{type(self).__name__}: `warmup_epochs={self.warmup_epochs}` was converted with {expected} optimizer "
-                f"steps per epoch, but the first epoch made {made} (trainer.global_step): the warmup lasts "
-                f"{self._resolved_warmup} steps, not {self.warmup_epochs} epoch(s). Give `warmup_steps=` instead",
-                category=RuntimeWarning,
-            )
+        name, epochs = type(self).__name__, self.warmup_epochs
+        message = _trainer.first_epoch_mismatch(trainer, name, epochs, self._resolved_warmup, expected, start)
+        if message is not None:
+            self._pl.utilities.rank_zero.rank_zero_warn(message, category=RuntimeWarning)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_warmup()
         if self._noise is not None:
             self._noise.remove()
-            self._warn_noise_far_beyond(trainer)
+            self._warn_noise_far_beyond()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -433,12 +368,9 @@ class BatchScalingCallback(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_warmup()
-        # `Tuner.lr_find` ends its fit right after the finder: keep the suggestion for the next fit.
-        for callback in getattr(trainer, "callbacks", ()):
-            if isinstance(callback, self._pl.callbacks.LearningRateFinder) and getattr(callback, "_early_exit", False):
-                lr = self._suggestion(callback)
-                if lr is not None:
-                    self._tuned = (lr, int(trainer.accumulate_grad_batches))
+        tuned = _trainer.tuned_suggestion(self._pl, trainer)  # `Tuner.lr_find`: keep it for the next fit
+        if tuned is not None:
+            self._tuned = tuned
         if stage == "fit" and trainer.global_rank == 0:  # a `ddp_spawn` worker reports to the launching process
             self._channel.send({key: self.__dict__[key] for key in self._REPORTED})
         if self._noise is not None:
@@ -471,68 +403,32 @@ class BatchScalingCallback(pl.Callback):
 
     # ------------------------------------------------------------------ internals
     def _accumulation_now(self, trainer: Any) -> int:
-        """Accumulation for the current epoch, reading a ``GradientAccumulationScheduler`` directly so that the
-        result does not depend on whether it ran its ``on_train_epoch_start`` before this callback."""
-        if self.accumulation is not None:
-            return self.accumulation
-        scheduler_cls = self._pl.callbacks.GradientAccumulationScheduler
-        for callback in trainer.callbacks:
-            if isinstance(callback, scheduler_cls):
-                return int(callback.get_accumulate_grad_batches(trainer.current_epoch))
-        return int(trainer.accumulate_grad_batches)
+        """Accumulation for the current epoch (:func:`lightning_lrbs._trainer.accumulation_now`)."""
+        return _trainer.accumulation_now(self._pl, trainer, self.accumulation)
 
-    def _local_batch_size(self, trainer: Any, batch: Any) -> int | None:
-        """This rank's per-step batch size: the override, the loaders' sizes (summed), or the batch's."""
-        if self.batch_size is not None:
-            return self.batch_size
-        combined = getattr(trainer.fit_loop, "_combined_loader", None)
-        if getattr(combined, "_mode", None) == "sequential":
-            return None if batch is None else self._batch_len(batch)
-        return self._tree_batch_size(trainer.train_dataloader, batch)
+    def _read_batch_sizes(self, trainer: Any, batch: Any) -> list[int] | None:
+        """Every rank's per-step batch size (the override, the loaders' or the batch's), ``None`` if not found here."""
+        local = _trainer.local_batch_size(self._pl, trainer, batch, self.batch_size)
+        return None if local is None else _trainer.gather(trainer, local)
 
-    def _tree_batch_size(self, loaders: Any, batch: Any) -> int | None:
-        combined_cls = self._pl.utilities.combined_loader.CombinedLoader
-        if isinstance(loaders, combined_cls):
-            return self._tree_batch_size(loaders.iterables, batch)
-        if isinstance(loaders, Mapping):
-            sizes = [self._tree_batch_size(v, None if batch is None else batch[k]) for k, v in loaders.items()]
-        elif isinstance(loaders, Sequence) and not isinstance(loaders, (str, bytes)):
-            parts: list[Any] = list(batch) if isinstance(batch, (list, tuple)) else [None] * len(loaders)
-            if len(parts) != len(loaders):
-                parts = [None] * len(loaders)
-            sizes = [self._tree_batch_size(v, b) for v, b in zip(loaders, parts)]
-        else:
-            size = loader_batch_size(loaders)
-            if size is None and batch is not None:
-                size = self._batch_len(batch)
-            return size
-        if not sizes or any(s is None for s in sizes):
-            return None
-        return sum(s for s in sizes if s is not None)
-
-    def _batch_len(self, batch: Any) -> int | None:
-        try:
-            size = int(self._pl.utilities.data.extract_batch_size(batch))
-        except Exception:
-            return None
-        return size if size > 0 else None
-
-    def _gather(self, trainer: Any, local: int) -> list[int]:
-        """Every rank's batch size, in rank order, identical on all ranks."""
-        tensor = torch.tensor(local, dtype=torch.long, device=trainer.strategy.root_device)
-        gathered = trainer.strategy.all_gather(tensor)
-        return [int(v) for v in gathered.reshape(-1).tolist()]
+    def _apply_if_changed(self, trainer: Any, per_rank: list[int]) -> None:
+        if per_rank != self._per_rank or self._accumulation_now(trainer) != self._accumulation:
+            self._apply(trainer, per_rank)
 
     def _apply(self, trainer: Any, per_rank: list[int]) -> None:
         """Compute the target factors, then rescale by target / applied. Everything that can fail runs first.
 
-        ``per_rank`` holds every rank's batch size (:meth:`_gather`); it is re-read when the train loader is reloaded.
+        ``per_rank`` holds every rank's batch size (:meth:`_read_batch_sizes`); it is re-read when the train loader is
+        reloaded.
         """
         accumulation = self._accumulation_now(trainer)
         effective = sum(per_rank) * accumulation
         nominal = self.base_batch_size if self.base_batch_size is not None else per_rank[0]
         first = self._per_rank is None
-        found = self._found_lr(trainer) if first and self._factors is None else None
+        found = None
+        if first and self._factors is None:  # an LR finder's suggestion counts once, for the fit that follows it
+            tuned, self._tuned = self._tuned, None
+            found = _trainer.found_lr(self._pl, trainer, tuned, self._setup_accumulation)
         if found is not None:  # the LR finder swept at this run's batch: its suggestion is the LR at that batch
             self._finder_base = sum(per_rank) * found[1]
         base = self._finder_base if self._finder_base is not None else nominal
@@ -560,7 +456,7 @@ class BatchScalingCallback(pl.Callback):
             rescale_(optimizers, unsaved_schedulers(schedulers), applied, param_groups=False)
         plan.apply()
         self._time_constants, self._time_constant_state = plan, plan.state_dict()
-        swa_text = self._scale_swa(trainer, targets)
+        swa_text = _trainer.scale_swa(self._pl, trainer, targets, self._swa_originals)
 
         self._per_rank, self._accumulation, self._effective, self._base = per_rank, accumulation, effective, base
         self._factors = targets
@@ -571,41 +467,22 @@ class BatchScalingCallback(pl.Callback):
             self._start_adascale(optimizers[0], base, effective)  # its hooks nest inside the warmup's
         if first and self.log_lr:  # registered after the warmup's and the gain's pre-hooks: the LR the step uses
             for index, optimizer in enumerate(optimizers):
-                self._log_handles.append(optimizer.register_step_pre_hook(self._make_log_hook(trainer, index)))
-        configs = trainer.lr_scheduler_configs
-        names = [n.label for n in optimizer_names(optimizers, [(c.scheduler.optimizer, c.name) for c in configs])]
-        self.summary = self._scaling_summary = describe_scaling(
-            effective,
-            per_rank,
-            accumulation,
-            base,
-            self.rule,
-            optimizers,
-            targets,
-            devices=trainer.num_devices,
-            nodes=trainer.num_nodes,
-            warmup_steps=self._resolved_warmup or 0,
-            start_factors=self._start_factors or (),
-            names=names,
-            details=[plan.describe(i) for i in range(len(optimizers))],
-            tail=plan.describe_ema(),
+                self._log_handles.append(optimizer.register_step_pre_hook(_trainer.lr_log_hook(trainer, self, index)))
+        warmup = (self._resolved_warmup or 0, self._start_factors or ())
+        text, hparams = _trainer.scaling_report(
+            trainer, self.rule, effective, per_rank, accumulation, base, targets, *warmup, plan
         )
-        if self.rule == "adascale":
-            self.summary = self._scaling_summary = f"{self.summary}; × AdaScale gain in [1, {effective / base:.4g}]"
-        if previous is not None and first:  # resumed from a checkpoint that holds scaled LRs
-            rescaled = any(a != t for a, t in zip(applied, targets))
-            applied_text = "/".join(format_factor(a) for a in applied)
-            self.summary += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
-        if self._finder_base is not None:
-            self.summary += (
-                f"; the LRs come from the LR finder, which swept at batch {self._finder_base}: base {self._finder_base}"
-                + (f", not {nominal}" if nominal != self._finder_base else "")
-            )
-        self.summary += swa_text
-        self._scaling_summary = self.summary
+        text += scaling_notes(
+            targets,
+            resumed_from=previous if first else None,  # resumed from a checkpoint that holds scaled LRs
+            adascale_ratio=effective / base if self.rule == "adascale" else None,
+            finder_base=self._finder_base,
+            nominal_base=nominal,
+        )
+        self.summary = self._scaling_summary = text + swa_text
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
-        hparams = {**self._hparams(trainer, optimizers, names), **self.time_constant_hyperparameters()}
+        hparams.update(self.time_constant_hyperparameters())
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
         if first and self._finder_base is None:
@@ -620,10 +497,6 @@ class BatchScalingCallback(pl.Callback):
         factors: list[float],
     ) -> TimeConstantPlan:
         """Betas, eps, weight decay and EMA decay from their originals at this κ (:mod:`lightning_lrbs.sde`)."""
-        averaging = getattr(self._pl.callbacks, "WeightAveraging", None)  # Lightning >= 2.5
-        models = [
-            getattr(cb, "_average_model", None) for cb in trainer.callbacks if averaging and isinstance(cb, averaging)
-        ]
         previous = self._time_constants
         return plan_time_constants(
             optimizers,
@@ -631,7 +504,7 @@ class BatchScalingCallback(pl.Callback):
             kappa=ratio,
             rule=self.rule,
             schedulers=schedulers,
-            averaged_models=[m for m in models if m is not None],
+            averaged_models=_trainer.averaged_models(self._pl, trainer),
             weight_decay=self.scale_weight_decay,
             ema=self.scale_ema,
             state=self._time_constant_state,
@@ -650,18 +523,7 @@ class BatchScalingCallback(pl.Callback):
             return self._resolved_warmup
         if not self.warmup_epochs:
             return self.warmup_steps
-        batches = trainer.num_training_batches
-        if not math.isfinite(batches):
-            raise ValueError(
-                f"`warmup_epochs={self.warmup_epochs}` needs a train loader with a length; use `warmup_steps=` instead"
-            )
-        automatic = trainer.lightning_module.automatic_optimization
-        # Manual optimization: Lightning counts every optimizer's step in `global_step`; assume each steps once a batch.
-        per_epoch = steps_per_epoch(
-            int(batches),
-            self._accumulation_now(trainer) if automatic else 1,
-            1 if automatic else len(trainer.optimizers),
-        )
+        per_epoch = _trainer.first_epoch_steps(trainer, self.warmup_epochs, self._accumulation_now(trainer))
         if trainer.ckpt_path is None:  # a whole first epoch: checked when it ends
             self._steps_check = (per_epoch, trainer.global_step)
         return int(math.ceil(self.warmup_epochs * per_epoch - 1e-9))
@@ -701,119 +563,12 @@ class BatchScalingCallback(pl.Callback):
     @staticmethod
     def _make_lr_names(optimizers: list[torch.optim.Optimizer]) -> list[list[str]]:
         """``LearningRateMonitor``'s names under ``lrbs/`` (without schedulers), e.g. ``lrbs/lr-SGD/pg1``."""
-        return [[f"lrbs/{name}" for name in names] for names in lr_monitor_names(optimizers)]
-
-    def _make_log_hook(self, trainer: Any, index: int) -> Any:
-        """An optimizer step pre-hook logging the LR of each of its groups at the step (warmup applied), under the
-        name ``LearningRateMonitor`` gives that group now (groups added later and scheduler ``name`` included)."""
-
-        def log_lr(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            connector = getattr(trainer, "_logger_connector", None)
-            if not trainer.loggers or (connector is not None and not connector.should_update_logs):
-                return
-            if self not in trainer.callbacks:  # an LR finder's sweep runs with its own callbacks only
-                return
-            scheduled = [(getattr(c.scheduler, "optimizer", None), c.name) for c in trainer.lr_scheduler_configs]
-            names = lr_monitor_names(trainer.optimizers, [(o, n) for o, n in scheduled if o is not None])[index]
-            metrics = {
-                f"lrbs/{name}": float(group["lr"])
-                for group, name in zip(optimizer.param_groups, names)
-                if group.get("lr") is not None  # an opted-out group may have none (Adafactor's relative step)
-            }
-            self._log_metrics(trainer, metrics)
-
-        return log_lr
-
-    def _found_lr(self, trainer: Any) -> tuple[float, int] | None:
-        """``(suggestion, accumulation it was swept at)`` when an LR finder set the optimizers' LR, else ``None``.
-
-        A ``LearningRateFinder`` in this fit, or a ``Tuner.lr_find`` fit before it, counts when one of the groups'
-        ``lr`` or ``initial_lr`` equals its suggestion (``lr_find`` writes it into every group, or into the module's
-        LR attribute that ``configure_optimizers`` reads).
-        """
-        found, self._tuned = self._tuned, None
-        for callback in trainer.callbacks:
-            if isinstance(callback, self._pl.callbacks.LearningRateFinder):
-                lr = self._suggestion(callback)
-                if lr is not None:
-                    found = (lr, self._setup_accumulation)
-        if found is None:
-            return None
-        for optimizer in trainer.optimizers:
-            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
-                values = [group["lr"], group.get("initial_lr", group["lr"])]
-                if active and any(math.isclose(float(v), found[0], rel_tol=1e-12) for v in values):
-                    return found
-        return None
-
-    @staticmethod
-    def _suggestion(finder: Any) -> float | None:
-        """The LR a finished ``LearningRateFinder`` wrote into the module (``None`` if it did not)."""
-        result = getattr(finder, "optimal_lr", None)
-        if result is None or not getattr(finder, "_update_attr", True):
-            return None
-        lr = result.suggestion()
-        return None if lr is None else float(lr)
-
-    def _scale_swa(self, trainer: Any, targets: list[float]) -> str:
-        """Give each ``StochasticWeightAveraging`` its ``swa_lrs`` × the factor (SWA allows one optimizer); the
-        ``swa_lr`` its ``SWALR`` already put into the param groups is rescaled with the other LRs."""
-        text = ""
-        for callback in trainer.callbacks:
-            if isinstance(callback, self._pl.callbacks.StochasticWeightAveraging) and targets:
-                original = self._swa_originals.setdefault(id(callback), callback._swa_lrs)
-                f = targets[0]
-                scaled = [lr * f for lr in original] if isinstance(original, list) else original * f
-                callback._swa_lrs = scaled
-                shown = ", ".join(f"{v:.4g}" for v in (original if isinstance(original, list) else [original]))
-                after = ", ".join(f"{v:.4g}" for v in (scaled if isinstance(scaled, list) else [scaled]))
-                text += f"; StochasticWeightAveraging swa_lrs {shown} → {after}"
-        return text
-
-    def _swa_bn_pass(self, trainer: Any) -> bool:
-        """Whether this is the extra epoch in which ``StochasticWeightAveraging`` recomputes BatchNorm statistics
-        (it sets ``accumulate_grad_batches`` to the epoch's length and skips the backward: no batch change)."""
-        return any(
-            isinstance(callback, self._pl.callbacks.StochasticWeightAveraging)
-            and getattr(callback, "_model_contains_batch_norm", False)
-            and getattr(callback, "_max_epochs", -1) != -1
-            and trainer.current_epoch == callback.swa_end + 1
-            for callback in trainer.callbacks
-        )
+        return _trainer.lr_names(optimizers)
 
     def _log_scale(self, trainer: Any, every_n_steps: bool = False) -> None:
-        connector = getattr(trainer, "_logger_connector", None)
-        if every_n_steps and connector is not None and not connector.should_update_logs:
+        if every_n_steps and not _trainer.logs_now(trainer):
             return
-        metrics = {"lrbs/effective_batch_size": float(self._effective or 0)}
-        for names, factor in zip(self._lr_names, self.scale_factors):
-            single = len(self._lr_names) == 1
-            stem = names[0].split("/")[1].replace("lr-", "scale_factor-", 1)  # lrbs/lr-SGD-1/pg1 -> scale_factor-SGD-1
-            metrics["lrbs/scale_factor" if single else f"lrbs/{stem}"] = factor
-        self._log_metrics(trainer, metrics)
-
-    @staticmethod
-    def _log_metrics(trainer: Any, metrics: dict[str, float]) -> None:
-        step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", trainer.global_step)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-
-    def _hparams(self, trainer: Any, optimizers: list[torch.optim.Optimizer], names: list[str]) -> dict[str, Any]:
-        """The hyperparameters logged to every logger (:func:`~lightning_lrbs.summary.scaling_hparams`)."""
-        return scaling_hparams(
-            self._effective or 0,
-            (self._per_rank or [0])[0],
-            self._accumulation or 1,
-            self._base or 0,
-            self.rule,
-            optimizers,
-            self._factors or (),
-            names=names,
-            devices=trainer.num_devices,
-            nodes=trainer.num_nodes,
-            warmup_steps=self._resolved_warmup or 0,
-            start_factors=self._start_factors or (),
-        )
+        _trainer.log_metrics(trainer, _trainer.scale_metrics(self._effective or 0, self._lr_names, self.scale_factors))
 
     def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
         effective, base = self._effective or 0, self._base or 0
@@ -828,47 +583,26 @@ class BatchScalingCallback(pl.Callback):
         return (
             self._noise is not None
             and trainer.global_step % self.noise_every_n_steps == 0
-            and trainer.world_size * trainer.accumulate_grad_batches >= 2
+            and _trainer.micro_batches(trainer, trainer.accumulate_grad_batches) >= 2
             and (self._adascale is None or preconditioner_ready(self._adascale.optimizer))
         )
-
-    def _log_noise(self, trainer: Any) -> None:
-        connector = getattr(trainer, "_logger_connector", None)
-        if self._noise is None or (connector is not None and not connector.should_update_logs):
-            return
-        values = {"noise_scale": self._noise.noise_scale, "grad_sq_norm": self._noise.grad_sq_norm}
-        values["grad_var"] = self._noise.grad_var
-        self._log_metrics(trainer, {f"lrbs/{k}": float(v) for k, v in values.items() if v is not None})
 
     def _report_noise(self, trainer: Any, late: bool) -> None:
         """The epoch's info line (also appended to ``summary``), and the far-beyond warning late in training."""
         if self._noise is None or not self._noise.measurements or self._effective is None:
             return
-        bound = None if self._noise.resolved else self._noise.noise_scale_lower_bound
-        line = (
-            f"{describe_noise_scale(self._noise.noise_scale, self._effective, bound)} (epoch {trainer.current_epoch})"
-        )
+        line = _trainer.noise_line(self._noise, self._effective, trainer.current_epoch)
         self.summary = f"{self._scaling_summary}\n{line}" if self._scaling_summary else line
         self._pl.utilities.rank_zero.rank_zero_info(f"{type(self).__name__}: {line}")
         if late:
-            self._warn_noise_far_beyond(trainer)
+            self._warn_noise_far_beyond()
 
-    def _warn_noise_far_beyond(self, trainer: Any) -> None:
+    def _warn_noise_far_beyond(self) -> None:
         """Warn once when B_eff > NOISE_WARN_RATIO × B_noise, from enough measurements to average over."""
-        noise = self._noise
-        if noise is None or self._effective is None or noise.measurements < 1 / (1 - noise.smoothing):
-            return
-        if not noise.resolved:  # far beyond the noise scale, |G|^2 is measured precisely: unresolved means below it
-            return
-        value = noise.noise_scale
-        if value is not None and self._effective > self.NOISE_WARN_RATIO * value:
-            self._warn_noise_once(
-                "beyond",
-                f"the effective batch {self._effective} is far beyond the measured gradient noise scale "
-                f"({describe_noise_scale(value, self._effective)}): most of each step's samples buy little progress "
-                "(McCandlish et al. 2018); fewer devices or less accumulation would reach the same loss with fewer "
-                "samples, and LR scaling rules stop holding there",
-            )
+        if self._noise is not None and self._effective is not None:
+            message = _trainer.noise_far_beyond(self._noise, self._effective, self.NOISE_WARN_RATIO)
+            if message is not None:
+                self._warn_noise_once("beyond", message)
 
     def _warn_noise_once(self, key: str, message: str) -> None:
         if key not in self._noise_warned:
@@ -876,32 +610,6 @@ class BatchScalingCallback(pl.Callback):
             self._pl.utilities.rank_zero.rank_zero_warn(f"{type(self).__name__}: {message}", category=RuntimeWarning)
 
     # ------------------------------------------------------------------ rule="adascale" (lightning_lrbs.adascale)
-    def _check_adascale(self, trainer: Any, pl_module: Any) -> None:
-        """Refuse, before anything changes, what rule="adascale" cannot do exactly."""
-        name = type(pl_module).__name__
-        optimizers = list(trainer.optimizers)
-        if len(optimizers) != 1:
-            raise ValueError(
-                f"rule='adascale' scales one optimizer (one gain from all measured gradients), but {name} has "
-                f"{len(optimizers)}: use another rule"
-            )
-        check_adascale_optimizer(optimizers[0])
-        if not pl_module.automatic_optimization:
-            raise ValueError(
-                f"rule='adascale' measures the gradient noise of each step and needs automatic optimization, but "
-                f"{name} sets `automatic_optimization = False`: use `lightning_lrbs.adascale.AdaScaleLR` in your loop"
-            )
-        accumulations = [self._accumulation_now(trainer)]
-        for callback in trainer.callbacks:
-            if isinstance(callback, self._pl.callbacks.GradientAccumulationScheduler):
-                accumulations += [callback.get_accumulate_grad_batches(e) for e in [0, *callback.scheduling]]
-        if trainer.world_size * min(accumulations) < 2:
-            raise ValueError(
-                "rule='adascale' needs the gradient noise of every optimizer step, measured from two or more "
-                "micro-batch gradients per step, and this run has one device without gradient accumulation: set "
-                "`accumulate_grad_batches>=2` (Trainer) or train on 2 or more devices"
-            )
-
     def _noise_statistics(self) -> Statistics:
         return (None, None) if self._noise is None else (self._noise.grad_sq_norm, self._noise.grad_var)
 

@@ -22,6 +22,7 @@ __all__ = [
     "lr_monitor_names",
     "optimizer_names",
     "scaling_hparams",
+    "scaling_notes",
     "scaling_warnings",
 ]
 
@@ -112,6 +113,37 @@ def describe_scaling(
         text += f"; warmup {warmup_steps} steps from {starts}"
     if tail:
         text += f"; {tail}"
+    return text
+
+
+def scaling_notes(
+    factors: Sequence[float],
+    *,
+    resumed_from: Sequence[float] | None = None,
+    adascale_ratio: float | None = None,
+    finder_base: int | None = None,
+    nominal_base: int | None = None,
+) -> str:
+    """What the callback's summary adds to :func:`describe_scaling`'s line: the range of the AdaScale gain
+    (``adascale_ratio``: :math:`B_\text{eff} / B_\text{base}`), a resume (``resumed_from``: the factors the
+    checkpoint's LRs held, rescaled to ``factors`` if they differ) and the base batch an LR finder swept at.
+
+    Example::
+
+        >>> scaling_notes([4.0], resumed_from=[2.0], finder_base=64, nominal_base=32)
+        ' (resumed at ×2, rescaled); the LRs come from the LR finder, which swept at batch 64: base 64, not 32'
+    """
+    text = ""
+    if adascale_ratio is not None:
+        text += f"; × AdaScale gain in [1, {adascale_ratio:.4g}]"
+    if resumed_from is not None:
+        rescaled = any(a != t for a, t in zip(resumed_from, factors))
+        applied_text = "/".join(format_factor(a) for a in resumed_from)
+        text += f" (resumed at ×{applied_text}, rescaled)" if rescaled else " (resumed, already scaled)"
+    if finder_base is not None:
+        text += f"; the LRs come from the LR finder, which swept at batch {finder_base}: base {finder_base}" + (
+            f", not {nominal_base}" if nominal_base != finder_base else ""
+        )
     return text
 
 

@@ -37,6 +37,7 @@ from lightning_lrbs.rescale import check_numeric_lrs, scalable_groups
 __all__ = [
     "LinearWarmup",
     "check_start_factor",
+    "check_warmup_epochs",
     "check_warmup_steps",
     "default_start_factor",
     "steps_per_epoch",
@@ -58,6 +59,30 @@ def check_warmup_steps(warmup_steps: object, name: str = "warmup_steps") -> int:
     if steps is None or steps < 0:
         raise ValueError(f"`{name}` must be a non-negative int, got {warmup_steps!r}")
     return steps
+
+
+def check_warmup_epochs(warmup_epochs: object, warmup_steps: object = 0) -> float:
+    """Validate a warmup length in epochs: a non-negative finite number (fractions allowed), not together with a
+    non-zero ``warmup_steps`` (validated with :func:`check_warmup_steps`).
+
+    Example::
+
+        >>> check_warmup_epochs(0.5), check_warmup_epochs(0, warmup_steps=100)
+        (0.5, 0.0)
+        >>> check_warmup_epochs(1, warmup_steps=100)
+        Traceback (most recent call last):
+        ...
+        ValueError: give either `warmup_steps` or `warmup_epochs`, not both: got warmup_steps=100 and warmup_epochs=1
+    """
+    epochs = as_float(warmup_epochs)  # Python or NumPy number; not a bool
+    if epochs is None or not math.isfinite(epochs) or epochs < 0:
+        raise ValueError(f"`warmup_epochs` must be a non-negative finite number, got {warmup_epochs!r}")
+    if check_warmup_steps(warmup_steps) and epochs:
+        raise ValueError(
+            f"give either `warmup_steps` or `warmup_epochs`, not both: got warmup_steps={warmup_steps!r} "
+            f"and warmup_epochs={warmup_epochs!r}"
+        )
+    return epochs
 
 
 def check_start_factor(start_factor: object, name: str = "warmup_start_factor") -> float:
