@@ -19,6 +19,11 @@ curve is ``mean_i |loss_k[i] - loss_base[i]| / loss_base[i]``, as in ``docs/scal
 Run (from the repository root)::
 
     python examples/sde_sweep.py --data-dir ../shared/data --output-dir docs/sde
+
+``--noise-scale`` runs only the base run, split into micro-batches of ``B / 2`` with ``accumulate_grad_batches=2``
+(the same averaged gradient, image order and dropout masks, up to float rounding), and measures the gradient noise
+scale of its raw gradients with the callback's estimator (``noise_scale=True``) on every ``--noise-every``-th step;
+it writes ``noise_scale.csv`` (one row per loss window) and ``noise_scale.md`` (the epoch in thirds).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from mnist import MNISTConvNet, MNISTDataModule, MNISTNotFoundError  # noqa: E40
 from scaling_sweep import SampleLossRecorder, _sweep_environment, curve_deviation  # noqa: E402
 
 from lightning_lrbs import BatchScalingCallback  # noqa: E402
+from lightning_lrbs.noise import NoiseEstimate  # noqa: E402
 from lightning_lrbs.sde import averaged_model_ema  # noqa: E402
 
 RULE_TEXT = {
@@ -89,6 +95,41 @@ def accuracy_on(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     return correct / len(labels)
 
 
+class NoiseRecorder(Callback):
+    """Keep every measured step's unsmoothed two-batch estimates of the callback's noise estimator, with the samples
+    seen at that step, and the callback's smoothed noise scale."""
+
+    def __init__(self, scaling: BatchScalingCallback) -> None:
+        self.scaling = scaling
+        self.samples = 0
+        self.steps: list[tuple[int, int, NoiseEstimate, float]] = []  # (samples, step, estimate, smoothed)
+        self._seen = 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
+        """After each optimizer step that was measured, keep its estimate."""
+        self.samples += len(batch[1])  # type: ignore[index]
+        noise = self.scaling.noise
+        if noise is not None and noise.last is not None and noise.measurements > self._seen:
+            self._seen = noise.measurements
+            self.steps.append((self.samples, trainer.global_step, noise.last, noise.noise_scale or math.nan))
+
+
+def noise_stats(estimates: Sequence[NoiseEstimate]) -> tuple[float, float, float, float, float]:
+    r"""Pool the per-step estimates of a span: mean :math:`|G|^2`, its standard error, mean
+    :math:`\operatorname{tr}\Sigma`, their ratio :math:`B_\text{noise}` and the 2-sigma lower bound
+    :math:`\operatorname{tr}\Sigma / (|G|^2 + 2\,\text{se})` (as :class:`~lightning_lrbs.noise.GradientNoiseScale`
+    does over its moving average; ``inf`` where the bound's denominator is not positive)."""
+    n = len(estimates)
+    sq = sum(e.grad_sq_norm for e in estimates) / n
+    var = sum(e.grad_var for e in estimates) / n
+    se = math.sqrt(sum((e.grad_sq_norm - sq) ** 2 for e in estimates) / max(n - 1, 1) / n)
+    ratio = var / sq if sq > 0 else math.inf
+    low = var / (sq + 2 * se) if sq + 2 * se > 0 else math.inf
+    return sq, se, var, ratio, low
+
+
 class RawAccuracy(Callback):
     """At the end of training, before ``EMAWeightAveraging`` copies its average into the model (listed before it),
     measure the raw weights' test accuracy."""
@@ -110,6 +151,7 @@ class Run:
     k: int
     scale_ema: bool
     batch_size: int
+    accumulate: int = 1  # micro-batches of batch_size / accumulate per step; >= 2 measures the noise scale
     summary: str = ""
     lr: float = math.nan
     betas: tuple[float, float] = (math.nan, math.nan)
@@ -119,6 +161,7 @@ class Run:
     raw_accuracy: float = math.nan
     ema_accuracy: float = math.nan
     seconds: float = 0.0
+    noise: list[tuple[int, int, NoiseEstimate, float]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -131,7 +174,8 @@ class Run:
 def train(run: Run, args: argparse.Namespace) -> Run:
     """Train one run and fill in its results."""
     pl.seed_everything(args.seed, workers=True)
-    data = MNISTDataModule(args.data_dir, batch_size=run.batch_size, train_subset=args.train_subset, seed=args.seed)
+    micro = run.batch_size // run.accumulate
+    data = MNISTDataModule(args.data_dir, batch_size=micro, train_subset=args.train_subset, seed=args.seed)
     data.prepare_data()
     data.setup("fit")
     assert data.test_set is not None  # noqa: S101 - set by setup
@@ -141,8 +185,11 @@ def train(run: Run, args: argparse.Namespace) -> Run:
         base_batch_size=args.base_batch_size,
         rule="none" if run.rule == "base" else run.rule,  # type: ignore[arg-type]
         scale_ema=run.scale_ema,
+        noise_scale=run.accumulate > 1,
+        noise_every_n_steps=args.noise_every,
     )
     recorder = SampleLossRecorder(args.log_every_samples)
+    noise = NoiseRecorder(scaling)
     raw = RawAccuracy(test_x, test_y)
     ema = EMAWeightAveraging(decay=args.ema_decay)
     with tempfile.TemporaryDirectory(prefix="lrbs-sde-") as root:
@@ -150,7 +197,8 @@ def train(run: Run, args: argparse.Namespace) -> Run:
             accelerator=args.accelerator,
             devices=1,
             max_epochs=args.epochs,
-            callbacks=[scaling, recorder, raw, ema],
+            callbacks=[scaling, recorder, noise, raw, ema],
+            accumulate_grad_batches=run.accumulate,
             logger=False,
             default_root_dir=root,
             enable_checkpointing=False,
@@ -166,7 +214,8 @@ def train(run: Run, args: argparse.Namespace) -> Run:
     run.summary, run.lr, run.betas, run.eps = scaling.summary, float(group["lr"]), tuple(group["betas"]), group["eps"]
     found = averaged_model_ema(ema._average_model) if ema._average_model is not None else None
     run.ema_decay = found[1] if found is not None else math.nan
-    run.train = recorder.train
+    # Lightning hands on_train_batch_end the loss divided by accumulate_grad_batches: undo it
+    run.train, run.noise = [(n, step, loss * run.accumulate) for n, step, loss in recorder.train], noise.steps
     run.raw_accuracy = raw.accuracy
     run.ema_accuracy = accuracy_on(model, test_x, test_y)  # EMAWeightAveraging copied its average in at the end
     return run
@@ -277,6 +326,57 @@ def write_table(
     path.write_text("\n".join(lines))
 
 
+def write_noise(run: Run, path: Path, command: str, wall: float, base_curve: Path) -> str:
+    """``noise_scale.csv`` (one row per loss window) and ``noise_scale.md`` (the epoch in thirds); returns the latter.
+
+    The noise scale of a span is its mean trace-Sigma estimate over its mean squared-gradient estimate (per step,
+    unsmoothed); at a batch far below the noise scale a single step's estimate of the squared gradient is mostly
+    noise, so only long spans resolve it. ``noise_scale_smoothed`` is the callback's moving average at the
+    end of the window. ``base_curve`` is a sweep's ``curves.csv``: when it exists, the loss curve is compared with its
+    batch-8 run (the same run without accumulation).
+    """
+    windows: list[list[NoiseEstimate]] = [[] for _ in run.train]
+    ends = [samples for samples, _, _ in run.train]
+    for samples, _, estimate, _ in run.noise:  # steps after the last full window are left out, as from the loss curve
+        i = next((j for j, end in enumerate(ends) if samples <= end), None)
+        if i is not None:
+            windows[i].append(estimate)
+    smoothed = [next((s for n, _, _, s in reversed(run.noise) if n <= end), math.nan) for end in ends]
+    with (path / "noise_scale.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("samples", "step", "measured_steps", "train_loss", "grad_sq_norm", "grad_sq_norm_se",
+                         "grad_var", "noise_scale", "noise_scale_lower_2se", "noise_scale_smoothed"))  # fmt: skip
+        for (samples, step, loss), found, smooth in zip(run.train, windows, smoothed):
+            sq, se, var, ratio, low = noise_stats(found) if found else (math.nan,) * 5
+            writer.writerow((samples, step, len(found), f"{loss:.6f}", f"{sq:.6g}", f"{se:.3g}", f"{var:.6g}",
+                             f"{ratio:.4g}", f"{low:.4g}", f"{smooth:.4g}"))  # fmt: skip
+    thirds = [range(len(ends) * i // 3, len(ends) * (i + 1) // 3) for i in range(3)]
+    lines = [
+        f"Gradient noise scale of the base run (batch {run.batch_size} = {run.accumulate} micro-batches of "
+        f"{run.batch_size // run.accumulate}, Adam), raw gradients, {sum(map(len, windows))} measured steps:",
+        "",
+        "| span (samples) | steps | train loss | mean \\|G\\|² ± se | mean tr Σ | noise scale | 2-se lower bound |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for span in thirds:
+        found = [e for i in span for e in windows[i]]
+        sq, se, var, ratio, low = noise_stats(found)
+        loss = sum(run.train[i][2] for i in span) / len(span)
+        start = ends[span.start - 1] if span.start else 0
+        lines.append(f"| {start}–{ends[span.stop - 1]} | {len(found)} | {loss:.3f} | {sq:.4g} ± {se:.2g} | "
+                     f"{var:.4g} | {ratio:.0f} | {low:.0f} |")  # fmt: skip
+    lines += ["", f"Test accuracy: raw {run.raw_accuracy:.4f}, EMA {run.ema_accuracy:.4f}."]
+    if base_curve.exists():
+        with base_curve.open() as f:
+            base = [float(r["loss"]) for r in csv.DictReader(f) if r["rule"] == "base" and r["curve"] == "train"]
+        if len(base) == len(run.train):
+            dev = curve_deviation([loss for _, _, loss in run.train], base)
+            lines += ["", f"Deviation of its loss curve from the batch-8 run in `{base_curve.name}`: {dev:.2g}."]
+    lines += ["", f"Command: `{command}`", "", f"Wall time: {wall:.0f} s.", ""]
+    (path / "noise_scale.md").write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the experiment."""
     p = argparse.ArgumentParser(
@@ -294,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every-samples", type=int, default=1920, help="training-loss window (multiple of batches)")
     p.add_argument("--seed", type=int, default=42, help="seed of weights, data order and dropout (same for all runs)")
     p.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto ...")
+    p.add_argument(
+        "--noise-scale",
+        action="store_true",
+        help="run only the base run as 2 accumulated micro-batches and measure its gradient noise scale",
+    )
+    p.add_argument("--noise-every", type=int, default=1, help="with --noise-scale: measure every n-th step")
     return p
 
 
@@ -311,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = [Run("base", 1, True, b)] + [Run(rule, k, True, b * k) for rule in args.rules for k in ks]
     if "sde" in args.rules:
         plan.append(Run("sde", max(ks), False, b * max(ks)))
+    if args.noise_scale:  # only the base run, as 2 micro-batches of b / 2 per step
+        if b % 2:
+            raise SystemExit(f"error: --noise-scale splits the base batch in two: give an even --base-batch-size: {b}")
+        plan = [Run("base", 1, True, b, accumulate=2)]
     out = Path(args.output_dir)
     with _sweep_environment(threads=1):
         start = time.perf_counter()
@@ -329,6 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         wall = time.perf_counter() - start
     command = shlex.join(["python", "examples/sde_sweep.py", *(sys.argv[1:] if argv is None else argv)])
     out.mkdir(parents=True, exist_ok=True)
+    if args.noise_scale:
+        print(write_noise(plan[0], out, command, wall, out / "curves.csv"))
+        print(f"wrote {out / 'noise_scale.csv'}, {out / 'noise_scale.md'} ({wall:.0f} s)")
+        return 0
     write_csv(plan, out / "curves.csv")
     plot(plan, args.rules, ks, out / "sde.png", args)
     write_table(plan, args.rules, ks, out / "table.md", command, wall)

@@ -392,3 +392,42 @@ def test_sde_sweep_on_real_mnist(tmp_path: Path) -> None:
     assert (tmp_path / "sde.png").stat().st_size > 10_000
     rows = (tmp_path / "curves.csv").read_text().splitlines()
     assert sum(",train," in r for r in rows) == 3 * 2  # 3 runs x 128 / 64 windows
+
+
+@pytest.mark.slow
+def test_sde_sweep_noise_scale_on_real_mnist(tmp_path: Path) -> None:
+    """``--noise-scale``: the base run as 2 micro-batches of 4, measured on every step, one CSV row per window, with
+    the same training-loss curve as the sweep's batch-8 run (same images, order and dropout masks, up to rounding)."""
+    import csv
+    import importlib
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    data = Path(os.environ.get("LRBS_DATA_DIR", repo.parent / "shared" / "data"))
+    sys.path.insert(0, str(repo / "examples"))
+    try:
+        sweep = importlib.import_module("sde_sweep")
+        if importlib.import_module("mnist").find_mnist_files(data) is None:
+            pytest.skip(f"real MNIST not found in {data}: set LRBS_DATA_DIR")
+        argv = ["--data-dir", str(data), "--output-dir", str(tmp_path), "--train-subset", "192",
+                "--log-every-samples", "64", "--noise-scale"]  # fmt: skip
+        base_run = sweep.Run("base", 1, True, 8)  # the sweep's batch-8 run, without accumulation
+        with sweep._sweep_environment(threads=1):
+            sweep.train(base_run, sweep.build_parser().parse_args(argv))
+        assert sweep.main(argv) == 0
+    finally:
+        sys.path.remove(str(repo / "examples"))
+    with (tmp_path / "noise_scale.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    base = [loss for _, _, loss in base_run.train]
+    assert [(int(r["samples"]), int(r["step"]), int(r["measured_steps"])) for r in rows] == [
+        (64, 8, 8),
+        (128, 16, 8),
+        (192, 24, 8),
+    ]
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx(base, rel=1e-4)
+    assert all(float(r["grad_var"]) > 0 and float(r["noise_scale_smoothed"]) > 0 for r in rows)
+    text = (tmp_path / "noise_scale.md").read_text()
+    assert "batch 8 = 2 micro-batches of 4" in text, text
+    assert "24 measured steps" in text, text
