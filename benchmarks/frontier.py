@@ -9,8 +9,8 @@ For each model (the MNIST CNN of ``examples/mnist.py`` and an MLP 784-128-10), p
 3. **Rules.** The shipped code scales the base LR: ``lightning_lrbs.scale_for_batch`` with ``rule="linear"``,
    ``"sqrt"``, ``"linear"`` + warmup (Goyal et al.: from the unscaled LR over 5 % of the frontier's steps at that
    batch) and ``"adascale"`` (when the installed lightning_lrbs has it; its noise estimator also gives the gradient
-   noise scale ``B_noise`` of the same runs). A rule whose LR equals a grid point reuses that run (same seed, same
-   data order, so the same numbers).
+   noise scale ``B_noise`` of the same runs). Rules run on their own even where their LR is a grid point; with the
+   same seed and data order they then give the grid's numbers exactly (a check that the runs are deterministic).
 
 Steps to target: the training loss on a fixed subset of the training images (model in eval mode) is evaluated every
 step for the first 20 steps, then every ``ceil(t / 20)`` steps (5 % resolution); the crossing is interpolated in
@@ -18,8 +18,8 @@ log-loss. A run stops at the target (or at the fixed sample budget for test accu
 loss is not finite or above 10x the initial loss (diverged), or at its step cap (twice the best steps seen so far at
 that batch, or twice the previous batch's frontier): then it needs more than the cap ("slow").
 
-Test accuracy is taken once the run has seen the sample budget (the samples the base batch needed to reach the
-target at its tuned LR), on the full 10,000 test images.
+Test accuracy on the full 10,000 test images is taken twice: when the target is reached, and once the run has seen
+the sample budget (the samples the base batch needed to reach the target at its tuned LR).
 
 Run (from the repository root; ``make frontier`` runs both models in parallel and writes the report)::
 
@@ -155,7 +155,6 @@ class Run:
     budget: int
     noise_scale: float  # B_noise (smoothed) when the target was reached (adascale runs only)
     wall_s: float
-    reused: str = ""  # the run whose numbers a rule reused
 
 
 def train(
@@ -174,6 +173,7 @@ def train(
     seed: int,
     momentum: float,
     micro_batches: int,
+    diverge_factor: float = 10.0,
 ) -> dict[str, Any]:
     """One run: a fixed ``lr`` (``rule="grid"``) or ``base_lr`` scaled by the shipped ``scale_for_batch``."""
     torch.manual_seed(seed)
@@ -227,7 +227,7 @@ def train(
         step += 1
         if eval_due(step) or step == cap:
             loss_now = mean_loss(model, data.eval_x, data.eval_y)
-            if not math.isfinite(loss_now) or loss_now > 10 * initial:
+            if not math.isfinite(loss_now) or loss_now > diverge_factor * initial:
                 status = "diverged"
                 break
             if math.isnan(steps) and loss_now <= target:
@@ -239,9 +239,9 @@ def train(
                 if getattr(scaling, "noise", None) is not None:
                     noise_at_target = float(scaling.noise.noise_scale or math.nan)
             prev_step, prev_loss = step, loss_now
-        if math.isnan(test_acc) and step * batch >= budget:
+        if budget > 0 and math.isnan(test_acc) and step * batch >= budget:
             test_acc = accuracy(model, data.test_x, data.test_y)
-        if status == "reached" and not math.isnan(test_acc):
+        if status == "reached" and (budget <= 0 or not math.isnan(test_acc)):
             break
     if scaling is not None and scaling.warmup is not None:
         scaling.warmup.remove()
@@ -275,7 +275,7 @@ class Study:
         self.data = data
         torch.manual_seed(args.seed)
         self.init = {k: v.clone() for k, v in build_model(args.model).state_dict().items()}
-        self.csv = Path(args.out_dir) / f"frontier_{args.model}.csv"
+        self.csv = Path(args.out_dir) / f"frontier_{args.name or args.model}.csv"
         self.done: dict[tuple[int, str, str, int], dict[str, Any]] = {}
         if args.resume and self.csv.is_file():
             with self.csv.open() as f:
@@ -297,7 +297,7 @@ class Study:
         steps = f"{run.steps:.1f}" if run.status == "reached" else f"{run.status} (cap {run.cap})"
         print(
             f"[{run.model}] B={run.batch:5d} {run.kind:16s} lr={run.lr:.4g} (x{run.factor:.3g}) -> {steps}, "
-            f"test acc {run.test_acc:.4f}, {run.wall_s:.1f}s{' (reused ' + run.reused + ')' if run.reused else ''}",
+            f"test acc {run.test_acc:.4f}, {run.wall_s:.1f}s",
             flush=True,
         )
 
@@ -357,8 +357,8 @@ def study(args: argparse.Namespace) -> None:
     data = load_data(args.data_dir, args.eval_subset, args.seed, args.train_subset)
     s = Study(args, data)
     t0 = time.perf_counter()
-    # 1. base LR at batch 32 (budget unknown yet: the base search measures test accuracy at the cap, not used)
-    s.budget, s.base_lr = 10**12, args.base_lr_start
+    # 1. base LR at batch 32 (the budget is not known yet: these runs stop at the target)
+    s.budget, s.base_lr = 0, args.base_lr_start
     base_lr, base = s.search(BASE_BATCH, args.base_lr_start, args.base_lr_start, args.max_steps)
     if base["status"] != "reached":
         raise SystemExit(f"no LR reached the target loss {args.target_loss} at batch {BASE_BATCH}")
@@ -395,13 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out-dir", default=str(OUT_DIR))
     p.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
-    p.add_argument("--target-loss", type=float, default=0.2)
+    p.add_argument("--target-loss", type=float, default=0.1)
     p.add_argument("--base-lr-start", type=float, default=0.1, help="first LR of the base search (grid unit)")
     p.add_argument("--max-steps", type=int, default=6000)
     p.add_argument("--eval-subset", type=int, default=5000)
     p.add_argument("--train-subset", type=int, default=None, help="train on this many images (smoke tests)")
     p.add_argument("--micro-batches", type=int, default=2, help="adascale: micro-batches per step (>= 2)")
     p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--name", default=None, help="the CSV is frontier_<name>.csv (default: the model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-adascale", action="store_true", help="skip rule='adascale' even when it is installed")
