@@ -83,7 +83,7 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py --data-dir $(DATA_DIR)
 
 # The batch-size study of docs/frontier.md: the MLP and the CNN in parallel, one thread each (the CNN took
-# 52 min on 2 shared CPU cores), then the figure and the page. FRONTIER_ARGS="--resume" keeps the runs already in the
+# 36 min on 2 shared CPU cores), then the figure and the page. FRONTIER_ARGS="--resume" keeps the runs already in the
 # CSVs (e.g. to add rule='adascale' once it is installed).
 FRONTIER_ARGS ?=
 frontier: install

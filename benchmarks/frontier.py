@@ -419,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report(Path(args.out_dir))
         return 0
-    print(f"lightning_lrbs from {Path(lightning_lrbs.__file__).parent}; adascale: {has_adascale()}", flush=True)
+    print(f"lightning_lrbs {lightning_lrbs.__version__}; adascale: {has_adascale()}", flush=True)
     study(args)
     return 0
 
