@@ -280,9 +280,8 @@ class Study:
         if args.resume and self.csv.is_file():
             with self.csv.open() as f:
                 for row in csv.DictReader(f):
-                    self.done[(int(row["batch"]), row["kind"], f"{float(row['lr']):.6g}", int(row["warmup_steps"]))] = (
-                        row
-                    )
+                    lr = f"{float(row['lr']):.6g}" if row["kind"] == "grid" else ""
+                    self.done[(int(row["batch"]), row["kind"], lr, int(row["warmup_steps"]))] = row
         elif self.csv.exists():
             self.csv.unlink()
 

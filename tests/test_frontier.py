@@ -61,6 +61,10 @@ def test_tiny_study_writes_every_rule_and_the_page(frontier: ModuleType, report:
     assert "| 4 | 128 |" in page
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert not math.isnan(report.analyse(rows)["frontier"][128].steps)
+    # --resume runs only what the CSV lacks (e.g. rule='adascale' once installed): nothing here
+    assert frontier.main([*args, "--resume"]) == 0
+    with (tmp_path / "frontier_mlp.csv").open() as f:
+        assert list(csv.DictReader(f)) == rows
 
 
 def test_page_is_the_generator_output(report: ModuleType) -> None:
