@@ -78,7 +78,8 @@ demo: install
 sweep: install
 	$(BIN)/python examples/scaling_sweep.py --data-dir $(DATA_DIR) --output-dir docs/scaling
 
-# Benchmarks of docs/benchmarks.md (about 60 min on 2 CPU cores); not part of make test.
+# Benchmarks of docs/benchmarks.md (about 30 min on 2 CPU cores: the published 60-min run included the large-batch
+# part, 27.6 min, now in make frontier); not part of make test.
 bench: install
 	$(BIN)/python benchmarks/run_all.py --data-dir $(DATA_DIR)
 

@@ -13,7 +13,7 @@ there so that regenerating the page keeps it (edit it by hand when the numbers c
 
 Run (from the repository root; ``make bench`` does this with the installed wheel)::
 
-    python benchmarks/run_all.py --data-dir ../shared/data     # about 40 minutes on 2 CPU cores
+    python benchmarks/run_all.py --data-dir ../shared/data     # about 30 minutes on 2 CPU cores
     python benchmarks/run_all.py --quick                       # tiny settings into a temporary folder (~3 min)
 """
 
