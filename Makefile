@@ -4,6 +4,7 @@
 #   make demo   - train the MNIST CNN with BatchScalingCallback
 #   make lint   - ruff + mypy --strict
 #   make bench  - benchmarks (not part of make test)
+#   make frontier - the batch-size study of docs/frontier.md (not part of make test)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,7 +28,7 @@ OLDEST_DESELECT := \
 	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
 	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
 
-.PHONY: venv install test test-oldest lint demo sweep sde-sweep bench clean
+.PHONY: venv install test test-oldest lint demo sweep sde-sweep bench frontier clean
 
 venv: $(VENV)/.deps
 
@@ -81,9 +82,22 @@ sweep: install
 sde-sweep: install
 	$(BIN)/python examples/sde_sweep.py --data-dir $(DATA_DIR) --output-dir docs/sde
 
-# Benchmarks of docs/benchmarks.md (about 60 min on 2 CPU cores); not part of make test.
+# Benchmarks of docs/benchmarks.md (about 30 min on 2 CPU cores: the published 60-min run included the large-batch
+# part, 27.6 min, now in make frontier); not part of make test.
 bench: install
 	$(BIN)/python benchmarks/run_all.py --data-dir $(DATA_DIR)
+
+# The batch-size study of docs/frontier.md: the MLP and the CNN in parallel, one thread each (the CNN took
+# 36 min on 2 shared CPU cores), then the figure and the page. FRONTIER_ARGS="--resume" keeps the runs already in the
+# CSVs (e.g. to add rule='adascale' once it is installed).
+FRONTIER_ARGS ?=
+frontier: install
+	mkdir -p docs/frontier
+	$(BIN)/python benchmarks/frontier.py --model mlp --data-dir $(DATA_DIR) $(FRONTIER_ARGS) \
+		> docs/frontier/mlp.log 2>&1 & mlp=$$!; \
+	$(BIN)/python benchmarks/frontier.py --model cnn --data-dir $(DATA_DIR) --scales 1 4 16 64 --eval-subset 1000 \
+		--base-lr-start 0.05 --max-steps 4000 $(FRONTIER_ARGS) > docs/frontier/cnn.log 2>&1 && wait $$mlp
+	$(BIN)/python benchmarks/frontier.py --report
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache

@@ -2,16 +2,18 @@
 
 1. ``overhead.py``: per-step wall time with and without ``BatchScalingCallback``, and its hooks alone.
 2. ``time_to_accuracy.py``: wall time and epochs to 97% test accuracy, base batch 8 against batches 64 and 256.
-3. ``large_batch.py``: batches 512 and 1024 under the rules none / sqrt / linear / linear + warmup; with ``--beyond``
-   also batches 2048, 4096 and 8192 under linear and linear + warmup, to find where the linear rule breaks.
 
-Each writes its CSVs, a markdown fragment (and ``large_batch.png``) into ``--out-dir``; this script joins the fragments
+Large batches are the subject of the batch-size study of ``docs/frontier.md`` (``benchmarks/frontier.py``,
+``make frontier``): each rule against the best fixed LR found by search. The page gets a pointer to it in place of the
+earlier ``large_batch.py`` section (that script still runs alone; its last results stay in ``docs/benchmarks/``).
+
+Each writes its CSVs and a markdown fragment into ``--out-dir``; this script joins the fragments
 under a header, after ``notes.md`` from the same folder: the hand-written reading of the published run, which lives
 there so that regenerating the page keeps it (edit it by hand when the numbers change).
 
 Run (from the repository root; ``make bench`` does this with the installed wheel)::
 
-    python benchmarks/run_all.py --data-dir ../shared/data     # about 40 minutes on 2 CPU cores
+    python benchmarks/run_all.py --data-dir ../shared/data     # about 30 minutes on 2 CPU cores
     python benchmarks/run_all.py --quick                       # tiny settings into a temporary folder (~3 min)
 """
 
@@ -35,14 +37,18 @@ HERE = Path(__file__).resolve().parent
 QUICK = {
     "overhead.py": ["--rounds", "1", "--scale", "0.05", "--warmup", "20", "--number", "50"],
     "time_to_accuracy.py": ["--seeds", "0", "--max-epochs", "1", "--train-smoke", "--eval-every", "3000"],
-    "large_batch.py": ["--seeds", "0", "--epochs", "1", "--train-smoke", "--eval-every", "3000"],
 }
-#: Beyond k = 128 (``--beyond``): where the linear rule breaks, and whether warmup rescues it.
-BEYOND = [
-    "--batch-sizes", "2048", "4096", "8192", "--rules", "linear", "linear + warmup", "--seeds", "0", "--no-base",
-    "--name", "large_batch_beyond",
-]  # fmt: skip
-FRAGMENTS = ("overhead.md", "time_to_accuracy.md", "large_batch.md", "large_batch_beyond.md")
+FRAGMENTS = ("overhead.md", "time_to_accuracy.md")
+#: The last section: large batches moved to the batch-size study (issue 14).
+LARGE_BATCH_POINTER = """## Large batch: see the batch-size study
+
+Where each scaling rule breaks is measured in [the batch-size study](frontier.md) (`make frontier`): steps to a target
+training loss at batches 32 to 8192 for `linear`, `linear` + warmup, `sqrt` and `adascale`, against the best fixed LR
+found by a grid search at every batch, from a base LR tuned at batch 32. It replaces the large-batch section that was
+here: that run scaled LR 0.001 (far below this CNN's best LR), so even ×128 stayed small and could not show where
+the rules break. Its script (`benchmarks/large_batch.py`) still runs alone; its last results stay in
+`docs/benchmarks/large_batch.md`.
+"""
 
 
 def header(command: str, minutes: float | None) -> str:
@@ -58,8 +64,8 @@ def header(command: str, minutes: float | None) -> str:
             "Reproduce everything with `make bench` (or `python benchmarks/run_all.py`"
             + (f"; `{command}` took {minutes:.0f} min" if minutes is not None else "")
             + "). "
-            "Each part also runs alone: `python benchmarks/overhead.py`, `python benchmarks/time_to_accuracy.py`, "
-            "`python benchmarks/large_batch.py` (`--help` for the settings), followed by "
+            "Each part also runs alone: `python benchmarks/overhead.py`, `python benchmarks/time_to_accuracy.py` "
+            "(`--help` for the settings), followed by "
             "`python benchmarks/run_all.py --assemble-only` to rebuild this page.",
             "",
         ]
@@ -79,6 +85,7 @@ def render(out_dir: Path, doc: Path, command: str, minutes: float | None) -> str
             if target != "benchmarks":
                 text = text.replace("](benchmarks/", f"]({target}/")
             parts.append(text)
+    parts.append(LARGE_BATCH_POINTER)
     return "\n".join(parts)
 
 
@@ -90,7 +97,7 @@ def assemble(out_dir: Path, doc: Path, command: str, minutes: float | None) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the three benchmarks in order, then assemble the page.
+    """Run the two benchmarks in order, then assemble the page.
 
     Args:
         argv: Command-line arguments (default: ``sys.argv[1:]``).
@@ -104,7 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--doc", type=Path, default=None, help="the page to write (default docs/benchmarks.md)")
     p.add_argument("--quick", action="store_true", help="tiny settings, into a temporary folder unless given")
     p.add_argument("--assemble-only", action="store_true", help="only rebuild the page from existing fragments")
-    p.add_argument("--beyond", action="store_true", help="also batches 2048-8192, linear rule (about 10 min more)")
     args = p.parse_args(argv)
     if args.out_dir is None:
         args.out_dir = Path(tempfile.mkdtemp(prefix="lrbs-bench-")) if args.quick else OUT_DIR
@@ -114,8 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if not args.assemble_only:
         jobs = [(script, QUICK[script] if args.quick else []) for script in QUICK]
-        if args.beyond:
-            jobs.append(("large_batch.py", BEYOND + (QUICK["large_batch.py"] if args.quick else [])))
         for script, extra in jobs:
             cmd = [sys.executable, str(HERE / script), "--data-dir", str(args.data_dir), *extra]
             cmd += [] if args.out_dir == OUT_DIR else ["--out-dir", str(args.out_dir)]
