@@ -310,3 +310,31 @@ def test_stop_or_validation_error_after_a_step_resumes_exactly(
     assert flat(model.lrs) == pytest.approx(flat(uninterrupted[:done]), rel=1e-9, abs=0.0)
     assert _scheduled(model) == pytest.approx(_scheduled_at(uninterrupted, done), rel=1e-9)
     assert flat(_resume(tmp_path, ckpt)) == pytest.approx(flat(uninterrupted[done:]), rel=1e-9, abs=0.0)
+
+
+class FailingOnLastMicroBatch(FailingModel):
+    """Raises in the last micro-batch of step ``fail_at``: the one whose ``training_step`` runs inside
+    ``optimizer.step`` (the earlier micro-batches of an accumulated step run before it)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.global_step == self.fail_at and batch_idx % 2 == 1:
+            raise Boom(f"failing at step {self.global_step}")
+        return LRModel.training_step(self, batch, batch_idx)
+
+
+def test_adascale_step_that_raises_leaves_no_gain_in_memory_or_checkpoint(tmp_path: Path) -> None:
+    """rule="adascale" multiplies the LR by its gain in a step pre-hook, like the warmup: a step that raises must not
+    leave the gain in the optimizer, nor in a checkpoint a handler placed before the callback writes then."""
+    seed_everything(3)
+    ckpt = tmp_path / "adascale.ckpt"
+    ours = BatchScalingCallback(base_batch_size=2, rule="adascale")  # 8 per step x 2 accumulation over 2: S = 8
+    model = FailingOnLastMicroBatch(fail_at=FAIL_AT)
+    trainer = quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2, callbacks=[SaveOnException(ckpt), ours])
+    with pytest.raises(Boom):
+        trainer.fit(model)
+
+    assert len(model.lrs) == FAIL_AT
+    assert ours.scale_factor != pytest.approx(1.0)  # the failing step was scaled by a gain: the test can fail
+    expected = [LR * 0.7, LR / 2 * 0.7]  # StepLR(step_size=2, gamma=0.7) after 3 steps, static factor 1
+    assert _scheduled(model) == pytest.approx(expected, rel=1e-9)  # in memory
+    assert _checkpoint_lrs(ckpt) == pytest.approx(expected, rel=1e-9)  # in the checkpoint

@@ -54,6 +54,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_lrbs.rescale import scalable_groups
 from lightning_lrbs.rules import is_adaptive
+from lightning_lrbs.warmup import put_back_lrs
 
 __all__ = [
     "AdaScaleLR",
@@ -365,6 +366,17 @@ class AdaScaleLR:
                     pending.append((group, lr))
                     group["lr"] = lr * factor
         self._pending = pending
+
+    @property
+    def pending(self) -> bool:
+        """Whether a step started (its LR multiplied by the gain) and has not finished."""
+        return bool(self._pending)
+
+    def unscaled_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """In ``state_dict``, a copy of ``optimizer.state_dict()`` taken while a step is pending (a checkpoint written
+        from inside the step), put back the LRs as they were before the gain: what a finished step leaves."""
+        if self._pending:
+            put_back_lrs(self.optimizer, self._pending, state_dict)
 
     def _post_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         self._restore()

@@ -360,10 +360,14 @@ class BatchScalingCallback(pl.Callback):
     ) -> None:
         # Saved from inside a step (`OnExceptionCheckpoint` before this callback, a SLURM signal): write scheduled LRs.
         states = checkpoint.get("optimizer_states")
-        if self._warmup is not None and self._warmup.pending and isinstance(states, list):
+        if not isinstance(states, list):
+            return
+        if self._warmup is not None and self._warmup.pending:  # its pre-hook runs first: it saved the scheduled LRs
             for index, state in enumerate(states[: len(self._warmup.optimizers)]):
                 if isinstance(state, dict):
                     self._warmup.unwarm_state_dict(index, state)
+        elif self._adascale is not None and self._adascale.pending and states and isinstance(states[0], dict):
+            self._adascale.unscaled_state_dict(states[0])  # adascale takes one optimizer
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -35,6 +35,7 @@ from lightning_lrbs._coerce import as_float, as_int, is_bool
 from lightning_lrbs.rescale import check_numeric_lrs, scalable_groups
 
 __all__ = [
+    "put_back_lrs",
     "LinearWarmup",
     "check_start_factor",
     "check_warmup_epochs",
@@ -149,6 +150,23 @@ def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
     if step >= warmup_steps:
         return 1.0
     return start_factor + (1.0 - start_factor) * (max(step, 0) / warmup_steps)
+
+
+def put_back_lrs(optimizer: Optimizer, saved: Sequence[tuple[dict[str, Any], Any]], state_dict: dict[str, Any]) -> None:
+    """Write the LRs ``saved`` before a step pre-hook changed them into ``state_dict`` (a copy of
+    ``optimizer.state_dict()`` taken while that step is pending), so a checkpoint written from inside the step holds
+    what a finished step leaves. ``saved`` holds ``(param_group, lr before the hook)`` pairs; a tensor LR is replaced
+    by a copy, never written into. Nothing happens when the state dict has another layout (a sharded strategy's).
+    """
+    groups = state_dict.get("param_groups")
+    optimizer_groups = optimizer.param_groups
+    if not isinstance(groups, list) or len(groups) != len(optimizer_groups):
+        return
+    position = {id(group): i for i, group in enumerate(optimizer_groups)}
+    for group, lr in saved:
+        i = position.get(id(group))
+        if i is not None and isinstance(groups[i], dict) and "lr" in groups[i]:
+            groups[i]["lr"] = lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
 
 
 class LinearWarmup:
@@ -337,15 +355,8 @@ class LinearWarmup:
             >>> warmup.remove()
         """
         pending = self._pending[index]
-        groups = state_dict.get("param_groups")
-        optimizer_groups = self.optimizers[index].param_groups
-        if pending is None or not isinstance(groups, list) or len(groups) != len(optimizer_groups):
-            return
-        position = {id(group): i for i, group in enumerate(optimizer_groups)}
-        for group, lr in pending:
-            i = position.get(id(group))
-            if i is not None and isinstance(groups[i], dict) and "lr" in groups[i]:
-                groups[i]["lr"] = lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
+        if pending is not None:
+            put_back_lrs(self.optimizers[index], pending, state_dict)
 
     def remove(self) -> None:
         """Detach the hooks, putting back any LR still warmed."""
