@@ -363,3 +363,13 @@ def test_importing_the_preview_does_not_import_lightning() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_adascale_is_refused_not_previewed_at_factor_one() -> None:
+    """The AdaScale gain is measured while training: a preview at factor 1 would be silently wrong."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lightning_lrbs.preview import preview
+
+    with pytest.raises(ValueError, match=r"rule='adascale' cannot be previewed.*rule='linear'"):
+        preview(BoringModel(), batches_per_epoch=4, max_epochs=1, per_device_batch_size=32, devices=4, rule="adascale")

@@ -170,7 +170,8 @@ def preview_schedule(
         A :class:`SchedulePreview`.
 
     Raises:
-        ValueError: If an argument is invalid (named in the message).
+        ValueError: If an argument is invalid (named in the message), or for ``rule="adascale"``, whose factor is
+            measured while training.
 
     Example::
 
@@ -191,6 +192,11 @@ def preview_schedule(
     check_positive_int(accumulation, "accumulation")
     base = per_device if base_batch_size is None else check_positive_int(base_batch_size, "base_batch_size")
     validate_rule(rule)
+    if rule == "adascale":
+        raise ValueError(
+            "rule='adascale' cannot be previewed: its factor, the AdaScale gain in [1, S], is measured from the "
+            "gradients while training. Preview rule='linear' for its upper bound, or rule='none' for its lower one"
+        )
     check_warmup_steps(warmup_steps)
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not warmup_epochs >= 0:
         raise ValueError(f"`warmup_epochs` must be a non-negative finite number, got {warmup_epochs!r}")
