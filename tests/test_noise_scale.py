@@ -520,3 +520,29 @@ def test_noise_module_does_not_import_lightning() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _HeadThenBackbone(BoringModel):
+    """SGD on the bias only; the weight is added as a second param group after two steps (as BackboneFinetuning
+    adds an unfrozen backbone)."""
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD([self.layer.bias], lr=0.1)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.trainer.optimizers[0]
+        if self.trainer.global_step == 2 and len(optimizer.param_groups) == 1:
+            optimizer.add_param_group({"params": [self.layer.weight], "lr": 0.1})
+
+
+@pytest.mark.parametrize("rule", ["linear", "adascale"])
+def test_parameters_added_after_start_are_said_to_be_outside_the_estimate(tmp_path: Path, rule: str) -> None:
+    """The estimate covers the parameters trainable when training starts; a group added later is named in a warning,
+    not silently left out (under adascale it also gets the others' gain)."""
+    callback = BatchScalingCallback(base_batch_size=1, rule=rule, noise_scale=True, noise_every_n_steps=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2, callbacks=[callback])
+    with pytest.warns(RuntimeWarning, match="added to the optimizers or unfrozen after training started") as record:
+        trainer.fit(_HeadThenBackbone())
+    messages = [str(w.message) for w in record if "unfrozen after training started" in str(w.message)]
+    assert len(messages) == 1  # once
+    assert ("applies their gain to the new ones" in messages[0]) == (rule == "adascale")

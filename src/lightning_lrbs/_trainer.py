@@ -440,3 +440,10 @@ def noise_far_beyond(noise: GradientNoiseScale, effective: int, ratio: float) ->
         "(McCandlish et al. 2018); fewer devices or less accumulation would reach the same loss with fewer "
         "samples, and LR scaling rules stop holding there"
     )
+
+
+def trainable_param_count(trainer: Any) -> int:
+    """How many trainable parameter tensors the optimizers hold now (each counted once)."""
+    return len(
+        {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"] if p.requires_grad}
+    )

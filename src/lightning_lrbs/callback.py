@@ -329,6 +329,16 @@ class BatchScalingCallback(pl.Callback):
         # .grad: the mean over ranks and micro-batches, AMP-unscaled, not yet clipped; Lightning divided each loss by A
         if self._noise is not None and self._measuring_noise(trainer):  # on every rank alike: `step` all-reduces
             self._noise.step(grad_scale=_trainer.step_grad_scale(trainer, optimizer, self._noise.local_micro_batches))
+            if _trainer.trainable_param_count(trainer) > len(self._noise.params):
+                self._warn_noise_once(
+                    "params",
+                    "parameters were added to the optimizers or unfrozen after training started (BackboneFinetuning, "
+                    "`optimizer.add_param_group`): the gradient noise scale is measured on the parameters trainable "
+                    "when training started only"
+                    + (
+                        "; rule='adascale' applies their gain to the new ones too" if self._adascale is not None else ""
+                    ),
+                )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
