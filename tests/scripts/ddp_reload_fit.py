@@ -15,6 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.demos.boring_classes import RandomDataset  # noqa: E402
 from lrbs_testing import LRModel  # noqa: E402
@@ -55,3 +56,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # leave gloo cleanly (see fabric_ddp.py)

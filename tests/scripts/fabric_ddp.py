@@ -66,6 +66,10 @@ def main() -> None:
         "weight": [float(v) for v in model.weight.detach().reshape(-1)],
     }
     (out / f"rank{fabric.global_rank}.json").write_text(json.dumps(result))
+    # Leave gloo cleanly: a process group still alive at interpreter exit sometimes aborts the process
+    # ("terminate called without an active exception", exit -6) once its peer has gone.
+    fabric.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
