@@ -221,6 +221,70 @@ def check_adascale(pl: ModuleType, trainer: Any, pl_module: Any, accumulation: i
         )
 
 
+#: A ``frequency`` at which Lightning never steps a scheduler (``(batch_idx + 1) % frequency`` is never 0).
+_NEVER = 2**62
+
+
+def check_scale_invariant(pl: ModuleType, trainer: Any, pl_module: Any) -> int:
+    """Refuse, before anything changes, what ``scale_invariant=True`` cannot do exactly; return the optimizer steps
+    the Trainer plans (``estimated_stepping_batches``), the work the run must match."""
+    who = "`scale_invariant=True` (rule='adascale')"
+    for config in trainer.lr_scheduler_configs:
+        if config.reduce_on_plateau:
+            raise ValueError(
+                f"{who} advances the schedulers by AdaScale's scale-invariant iterations, and ReduceLROnPlateau "
+                "follows a metric, not a step count: use another scheduler or `scale_invariant=False`"
+            )
+        if config.frequency != 1:
+            raise ValueError(
+                f"{who} steps each scheduler once per scale-invariant step (or epoch) and supports `frequency=1`, got "
+                f"frequency={config.frequency} for {type(config.scheduler).__name__}"
+            )
+    if trainer.lr_scheduler_configs and type(pl_module).lr_scheduler_step is not pl.LightningModule.lr_scheduler_step:
+        raise ValueError(
+            f"{who} steps the schedulers itself with `scheduler.step()`, but {type(pl_module).__name__} overrides "
+            "`lr_scheduler_step` (timm schedulers need it, with Lightning's step or epoch count, which is not the "
+            "scale-invariant one): use `scale_invariant=False`"
+        )
+    planned = trainer.estimated_stepping_batches
+    if not math.isfinite(planned):
+        raise ValueError(f"{who} trains until the planned work is done and needs `max_steps` or `max_epochs`")
+    return int(planned)
+
+
+def lift_limits(trainer: Any) -> tuple[Any, Any, list[int]]:
+    """Let the run go on past ``max_epochs``/``max_steps`` (the callback stops it) and keep Lightning from stepping
+    the schedulers (the callback steps them); return what :func:`restore_limits` puts back."""
+    fit_loop = trainer.fit_loop
+    held = (fit_loop.max_epochs, fit_loop.max_steps, [config.frequency for config in trainer.lr_scheduler_configs])
+    fit_loop.max_epochs, fit_loop.epoch_loop.max_steps = -1, -1
+    for config in trainer.lr_scheduler_configs:
+        config.frequency = _NEVER
+    return held
+
+
+def restore_limits(trainer: Any, held: tuple[Any, Any, list[int]]) -> None:
+    """Undo :func:`lift_limits`."""
+    trainer.fit_loop.max_epochs, trainer.fit_loop.epoch_loop.max_steps, frequencies = held
+    for config, frequency in zip(trainer.lr_scheduler_configs, frequencies):
+        config.frequency = frequency
+
+
+def scheduler_periods(trainer: Any, scale: float, accumulation: int) -> list[float]:
+    """Each scheduler's period in base-batch steps for :class:`~lightning_lrbs.adascale.ScaleInvariantSchedule`:
+    S for ``interval="step"``, S × optimizer steps per epoch for ``interval="epoch"``."""
+    periods = []
+    for config in trainer.lr_scheduler_configs:
+        if config.interval == "step":
+            periods.append(scale)
+        else:
+            batches = trainer.num_training_batches
+            if not math.isfinite(batches):
+                raise ValueError("`scale_invariant=True` with a per-epoch scheduler needs a train loader with a length")
+            periods.append(scale * steps_per_epoch(int(batches), accumulation, 1))
+    return periods
+
+
 # ---------------------------------------------------------------------- other callbacks in the Trainer
 def finder_suggestion(finder: Any) -> float | None:
     """The LR a finished ``LearningRateFinder`` wrote into the module (``None`` if it did not)."""

@@ -58,6 +58,7 @@ from lightning_lrbs.warmup import put_back_lrs
 
 __all__ = [
     "AdaScaleLR",
+    "ScaleInvariantSchedule",
     "adascale_gain",
     "check_adascale_optimizer",
     "gain_exponent",
@@ -270,6 +271,12 @@ class AdaScaleLR:
     so that it restores first: a :class:`~lightning_lrbs.warmup.LinearWarmup` registered before it then sees its own
     value back, and the LR used is scheduled LR :math:`\times w(t) \times r_t`.
 
+    :attr:`progress` counts AdaScale's *scale-invariant iterations* (Johnson et al. 2020, Algorithm 1): the sum
+    :math:`\tau = \sum_t r_t` of the gains of the finished steps, in steps at the base batch (AdaptDL's
+    ``progress``). A run that should do the work of :math:`T` base-batch steps ends when :math:`\tau \ge T`, and a
+    schedule written for the base batch is evaluated at :math:`\tau`, not at the step count (the gain
+    :math:`r_t`, not :math:`r_t^{1/2}`, for adaptive optimizers too). Save it with :meth:`state_dict`.
+
     Args:
         optimizer: The optimizer to scale (one: the gain is one number for all measured parameters).
         statistics: Returns the smoothed ``(|G|^2, tr Sigma)`` (e.g. ``lambda: (gns.grad_sq_norm, gns.grad_var)``),
@@ -292,8 +299,8 @@ class AdaScaleLR:
         >>> stats[:] = [1.0, 32.0]  # measured at step 0 (B_noise = 32), before its optimizer.step()
         >>> opt.step()  # step 0: no statistics before it, factor 1
         >>> opt.step()  # step 1: the gain of step 0's statistics
-        >>> used, opt.param_groups[0]["lr"], scaler.gain
-        ([0.1, 0.17777777777777778], 0.1, 1.7777777777777777)
+        >>> used, opt.param_groups[0]["lr"], scaler.gain, scaler.progress
+        ([0.1, 0.17777777777777778], 0.1, 1.7777777777777777, 2.7777777777777777)
         >>> scaler.remove()
     """
 
@@ -311,7 +318,9 @@ class AdaScaleLR:
         self.base_batch_size = _check_positive(base_batch_size, "base_batch_size")
         self.effective_batch_size = _check_positive(effective_batch_size, "effective_batch_size")
         self.gain = 1.0
+        self.progress = 0.0
         self._pending: list[tuple[dict[str, Any], Any]] | None = None
+        self._applied = 1.0  # the gain of the step in progress
         self.refresh()
         self._handles: list[RemovableHandle] = [optimizer.register_step_pre_hook(self._pre_hook)]
         post = optimizer.register_step_post_hook(self._post_hook)
@@ -351,6 +360,7 @@ class AdaScaleLR:
     def _pre_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if self._pending is not None:  # applied already for this step
             return
+        self._applied = self.gain
         factor = self.factor
         pending: list[tuple[dict[str, Any], Any]] = []
         if factor != 1.0:
@@ -379,7 +389,18 @@ class AdaScaleLR:
             put_back_lrs(self.optimizer, self._pending, state_dict)
 
     def _post_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self._pending is not None:
+            self.progress += self._applied
         self._restore()
+        self.refresh()
+
+    def state_dict(self) -> dict[str, float]:
+        """``{"progress": ...}``; the gain itself follows from the noise statistics (save those separately)."""
+        return {"progress": self.progress}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :attr:`progress` and refresh the gain from the statistics now in place."""
+        self.progress = float(state_dict["progress"])
         self.refresh()
 
     def _restore(self) -> None:
@@ -397,3 +418,78 @@ class AdaScaleLR:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+class ScaleInvariantSchedule:
+    r"""Step schedulers by AdaScale's scale-invariant iterations, and say when the base run's work is done.
+
+    AdaScale (Johnson et al. 2020, Algorithm 1) counts the progress of a run at :math:`S` times the base batch as
+    :math:`\tau = \sum_t r_t` base-batch steps (:attr:`AdaScaleLR.progress`): a step at the gain :math:`r_t` does the
+    work of :math:`r_t` base steps. A schedule planned in steps of some length :math:`p` base steps (a
+    per-optimizer-step scheduler planned at :math:`S` times the base batch: :math:`p = S`; a per-epoch one:
+    :math:`p = S \times` steps per epoch) has taken :math:`\lfloor \tau / p \rfloor` steps after progress
+    :math:`\tau`, and the run ends once :math:`\tau \ge T_\text{base}`. :meth:`advance` calls each scheduler's
+    ``step()`` as many times as it is behind: 0 or 1 after an optimizer step, since :math:`r_t \le S \le p`.
+    While :math:`r_t = S` (the linear rule) this is exactly one scheduler step per :math:`p / S` optimizer steps.
+
+    Stepping whole steps, never fractions, keeps every scheduler exact, chainable ones included: after any number of
+    optimizer steps each one is in the state of its own :math:`\lfloor \tau / p \rfloor`-th step.
+
+    Args:
+        schedulers: Schedulers with a ``step()`` that takes no argument (not ``ReduceLROnPlateau``).
+        periods: :math:`p` of each scheduler, in base-batch steps.
+        total: :math:`T_\text{base}`, the base-batch steps the run should do the work of.
+
+    Example::
+
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([w], lr=1.0)
+        >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        >>> invariant = ScaleInvariantSchedule([sched], periods=[4.0], total=12.0)  # S = 4, 3 steps planned
+        >>> opt.step()  # optimizer steps come before scheduler steps
+        >>> for progress in (2.5, 5.0, 6.5, 12.0):  # after steps with gains 2.5, 2.5, 1.5, 5.5
+        ...     invariant.advance(progress)
+        ...     print(sched.last_epoch, invariant.done(progress))
+        0 False
+        1 False
+        1 False
+        3 True
+    """
+
+    def __init__(self, schedulers: list[Any], periods: list[float], total: float) -> None:
+        if len(periods) != len(schedulers):
+            raise ValueError(f"{len(schedulers)} schedulers but {len(periods)} periods")
+        self.schedulers = schedulers
+        self.periods = [_check_positive(p, "periods") for p in periods]
+        self.total = _check_positive(total, "total")
+        self.stepped = [0] * len(schedulers)
+
+    def due(self, progress: float) -> list[int]:
+        r"""Scheduler steps each one owes at progress :math:`\tau`: :math:`\lfloor \tau/p \rfloor` minus those taken."""
+        # 1e-9: a sum of gains equal to S in floating point must count a whole period
+        return [max(0, math.floor(progress / p + 1e-9) - n) for p, n in zip(self.periods, self.stepped)]
+
+    def advance(self, progress: float) -> None:
+        """Step every scheduler that is behind progress ``progress`` (base-batch steps)."""
+        for index, owed in enumerate(self.due(progress)):
+            for _ in range(owed):
+                self.schedulers[index].step()
+            self.stepped[index] += owed
+
+    def done(self, progress: float) -> bool:
+        r"""Whether the progress :math:`\tau` reached :math:`T_\text{base}`."""
+        return progress >= self.total * (1 - 1e-12)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"periods": list(self.periods), "total": self.total, "stepped": list(self.stepped)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the periods, the total and the steps taken (the schedulers' own states are saved with them)."""
+        if len(state_dict["stepped"]) != len(self.schedulers):
+            raise ValueError(
+                f"the checkpoint's scale-invariant state has {len(state_dict['stepped'])} schedulers, the run "
+                f"{len(self.schedulers)}"
+            )
+        self.periods = [float(p) for p in state_dict["periods"]]
+        self.total = float(state_dict["total"])
+        self.stepped = [int(n) for n in state_dict["stepped"]]

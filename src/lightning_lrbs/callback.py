@@ -32,7 +32,7 @@ from typing_extensions import override
 
 from lightning_lrbs import _trainer
 from lightning_lrbs._coerce import check_bool
-from lightning_lrbs.adascale import AdaScaleLR, Statistics, preconditioner_ready
+from lightning_lrbs.adascale import AdaScaleLR, ScaleInvariantSchedule, Statistics, preconditioner_ready
 from lightning_lrbs.batch import check_positive_int
 from lightning_lrbs.noise import GradientNoiseScale, check_smoothing
 from lightning_lrbs.rescale import flatten_schedulers, rescale_, unsaved_schedulers
@@ -92,6 +92,12 @@ class BatchScalingCallback(pl.Callback):
         noise_every_n_steps: Measure on every n-th optimizer step.
         noise_smoothing: :math:`\beta` of the moving averages of :math:`|G|^2` and :math:`\operatorname{tr}\Sigma`,
             per measured step.
+        scale_invariant: With ``rule="adascale"``: AdaScale's scale-invariant iterations (Johnson et al. 2020). A
+            step at gain :math:`r_t` counts as :math:`r_t / S` of a step planned at :math:`S` times the base batch:
+            the schedulers advance by that (whole steps, :class:`~lightning_lrbs.adascale.ScaleInvariantSchedule`),
+            and training ends when the Trainer's planned steps (``max_steps``/``max_epochs``) are done in that count,
+            after up to :math:`S` times as many optimizer steps. Refused with ``ReduceLROnPlateau``, a scheduler
+            ``frequency`` other than 1, or an overridden ``lr_scheduler_step``.
 
     Raises:
         ValueError: If an argument is invalid (named in the message; NumPy numbers count as Python ones, flags must
@@ -126,6 +132,7 @@ class BatchScalingCallback(pl.Callback):
         noise_scale: bool = False,
         noise_every_n_steps: int = 10,
         noise_smoothing: float = 0.95,
+        scale_invariant: bool = False,
     ) -> None:
         super().__init__()
         self.base_batch_size = (
@@ -157,6 +164,12 @@ class BatchScalingCallback(pl.Callback):
         self.noise_smoothing = check_smoothing(noise_smoothing, "noise_smoothing")
         if self.rule == "adascale":  # the gain needs the noise statistics of every step (lightning_lrbs.adascale)
             self.measure_noise, self.noise_every_n_steps = True, 1
+        self.scale_invariant = check_bool(scale_invariant, "scale_invariant")
+        if self.scale_invariant and self.rule != "adascale":
+            raise ValueError(
+                f"`scale_invariant=True` counts AdaScale's scale-invariant iterations and needs rule='adascale', got "
+                f"rule={rule!r}"
+            )
         self._reset()
 
     def _reset(self) -> None:
@@ -181,6 +194,11 @@ class BatchScalingCallback(pl.Callback):
         self._noise_state: dict[str, Any] | None = None  # restored from a checkpoint, applied at train start
         self._noise_warned: set[str] = set()
         self._adascale: AdaScaleLR | None = None
+        self._adascale_state: dict[str, Any] | None = None  # restored from a checkpoint
+        self._invariant: ScaleInvariantSchedule | None = None  # scale_invariant=True
+        self._invariant_state: dict[str, Any] | None = None
+        self._planned_steps: int | None = None  # the Trainer's planned optimizer steps, before the limits are lifted
+        self._lifted: tuple[Any, Any, list[int]] | None = None  # the limits and frequencies to restore
 
     # ------------------------------------------------------------------ read-only results
     _REPORTED: ClassVar[tuple[str, ...]] = (
@@ -261,6 +279,9 @@ class BatchScalingCallback(pl.Callback):
         _trainer.check_fit(
             self._pl, trainer, pl_module, type(self).__name__, self.rule, self.measure_noise, self.accumulation
         )
+        if self.scale_invariant:  # the callback steps the schedulers and ends the run
+            self._planned_steps = _trainer.check_scale_invariant(self._pl, trainer, pl_module)
+            self._lifted = _trainer.lift_limits(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -323,6 +344,15 @@ class BatchScalingCallback(pl.Callback):
             _trainer.log_metrics(trainer, _trainer.noise_metrics(self._noise))
 
     @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._invariant is not None and self._adascale is not None:
+            self._invariant.advance(self._adascale.progress)
+            if self._invariant.done(self._adascale.progress):
+                trainer.should_stop = True
+
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -355,6 +385,7 @@ class BatchScalingCallback(pl.Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_warmup()
+        self._restore_limits(trainer)
         if self._noise is not None:
             self._noise.remove()
             self._warn_noise_far_beyond()
@@ -363,6 +394,7 @@ class BatchScalingCallback(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # A step that raised inside `optimizer.step` (training_step runs in its closure) left the warmed LR in place.
         self._remove_warmup()
+        self._restore_limits(trainer)
 
     @override
     def on_save_checkpoint(
@@ -382,6 +414,7 @@ class BatchScalingCallback(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_warmup()
+        self._restore_limits(trainer)
         tuned = _trainer.tuned_suggestion(self._pl, trainer)  # `Tuner.lr_find`: keep it for the next fit
         if tuned is not None:
             self._tuned = tuned
@@ -401,6 +434,8 @@ class BatchScalingCallback(pl.Callback):
             "time_constants": self._time_constant_state,
             "lr_finder_base": self._finder_base,
             "noise": self._noise.state_dict() if self._noise is not None else self._noise_state,
+            "adascale": self._adascale.state_dict() if self._adascale is not None else self._adascale_state,
+            "scale_invariant": self._invariant.state_dict() if self._invariant is not None else self._invariant_state,
         }
 
     @override
@@ -414,6 +449,8 @@ class BatchScalingCallback(pl.Callback):
         self._time_constant_state = state_dict.get("time_constants")
         self._finder_base = state_dict.get("lr_finder_base")
         self._noise_state = state_dict.get("noise")
+        self._adascale_state = state_dict.get("adascale")
+        self._invariant_state = state_dict.get("scale_invariant")
 
     # ------------------------------------------------------------------ internals
     def _accumulation_now(self, trainer: Any) -> int:
@@ -479,6 +516,8 @@ class BatchScalingCallback(pl.Callback):
             self._lr_names = self._make_lr_names(optimizers)
         if self.rule == "adascale":
             self._start_adascale(optimizers[0], base, effective)  # its hooks nest inside the warmup's
+            if first and self.scale_invariant:
+                self._start_invariant(trainer, ratio, accumulation)
         if first and self.log_lr:  # registered after the warmup's and the gain's pre-hooks: the LR the step uses
             for index, optimizer in enumerate(optimizers):
                 self._log_handles.append(optimizer.register_step_pre_hook(_trainer.lr_log_hook(trainer, self, index)))
@@ -493,6 +532,13 @@ class BatchScalingCallback(pl.Callback):
             finder_base=self._finder_base,
             nominal_base=nominal,
         )
+        if self._invariant is not None:
+            total = self._invariant.total
+            text += (
+                f"; scale-invariant iterations: schedulers advance by r_t/{ratio:.4g} per step, training ends after "
+                f"Σ r_t = {total:.6g} base-batch steps (at most {math.ceil(total / min(ratio, 1.0)):.0f} optimizer "
+                "steps)"
+            )
         self.summary = self._scaling_summary = text + swa_text
         self._pl.utilities.rank_zero.rank_zero_info(self.summary)
         self._log_scale(trainer)
@@ -631,5 +677,24 @@ class BatchScalingCallback(pl.Callback):
         """Start the gain's hooks after the warmup's (they nest inside them), or follow a new effective batch."""
         if self._adascale is None:
             self._adascale = AdaScaleLR(optimizer, self._noise_statistics, base, effective)
+            if self._adascale_state is not None:  # resumed: the progress so far
+                self._adascale.load_state_dict(self._adascale_state)
         else:
             self._adascale.set_batch_sizes(base, effective)
+
+    def _start_invariant(self, trainer: Any, ratio: float, accumulation: int) -> None:
+        """Count scale-invariant iterations from the planned steps at this scale (a resumed run: from the checkpoint,
+        whatever its batch now), and step the schedulers that a checkpoint written before they stepped left behind."""
+        assert self._adascale is not None
+        assert self._planned_steps is not None
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        periods = _trainer.scheduler_periods(trainer, ratio, accumulation)
+        self._invariant = ScaleInvariantSchedule(schedulers, periods, total=self._planned_steps * ratio)
+        if self._invariant_state is not None:
+            self._invariant.load_state_dict(self._invariant_state)
+        self._invariant.advance(self._adascale.progress)
+
+    def _restore_limits(self, trainer: Any) -> None:
+        if self._lifted is not None:
+            _trainer.restore_limits(trainer, self._lifted)
+            self._lifted = None

@@ -1,0 +1,187 @@
+"""rule="adascale" with ``scale_invariant=True``: schedulers advance by the summed gains, the run ends when the planned
+work is done, resume is exact, and what it cannot do exactly is refused before anything changes."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lrbs_testing import quiet_trainer
+from test_adascale import _expected_gain, _Regression
+
+from lightning_lrbs import BatchScalingCallback
+from lightning_lrbs.adascale import ScaleInvariantSchedule
+from lightning_lrbs.warmup import warmup_factor
+
+S = 4.0  # 8 per step x 4 accumulation / base 8
+
+
+class _TwoSchedulers(_Regression):
+    """ExponentialLR(0.9) per step and MultiplicativeLR(0.5) per epoch on one SGD: both chainable."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        per_step = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+        per_epoch = torch.optim.lr_scheduler.MultiplicativeLR(optimizer, lambda epoch: 0.5)
+        return [optimizer], [
+            {"scheduler": per_step, "interval": "step"},
+            {"scheduler": per_epoch, "interval": "epoch"},
+        ]
+
+
+def _fit(tmp_path: Path, model: _Regression, ckpt: str | None = None, **kwargs: Any) -> tuple[pl.Trainer, Any]:
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=True, warmup_steps=2)
+    trainer = quiet_trainer(
+        tmp_path,
+        max_epochs=2,
+        limit_train_batches=16,  # 4 optimizer steps an epoch: 8 planned
+        accumulate_grad_batches=4,
+        callbacks=[callback, *kwargs.pop("callbacks", [])],
+        **kwargs,
+    )
+    trainer.fit(model, ckpt_path=ckpt)
+    return trainer, callback
+
+
+def test_schedulers_follow_the_summed_gains_and_the_run_ends_when_the_planned_work_is_done(tmp_path: Path) -> None:
+    model = _TwoSchedulers()
+    trainer, callback = _fit(tmp_path, model)
+    gains = [1.0] + [_expected_gain(st, 8, S) for st in model.stats[:-1]]  # r_t: the previous step's statistics
+    assert all(1.0 <= g < S for g in gains)
+    progress = [sum(gains[:t]) for t in range(len(gains) + 1)]  # tau before step t, in base-batch steps
+    expected = [
+        0.05
+        * 0.9 ** math.floor(progress[t] / S + 1e-9)  # per step: one scheduler step per S base steps
+        * 0.5 ** math.floor(progress[t] / (4 * S) + 1e-9)  # per epoch: 4 optimizer steps planned an epoch
+        * warmup_factor(t, 2, 1 / S)
+        * gains[t]
+        for t in range(len(gains))
+    ]
+    assert model.used == pytest.approx(expected, rel=1e-9)
+    planned = 8 * S  # 8 optimizer steps at batch 32 = 32 base-batch steps
+    assert progress[-2] < planned <= progress[-1]  # ended at the first step that completed the planned work
+    assert trainer.global_step == len(gains) > 8  # more optimizer steps than planned, since r_t < S
+    per_step, per_epoch = (config.scheduler for config in trainer.lr_scheduler_configs)
+    assert per_step.last_epoch == 8  # the planned 8 steps of the per-step schedule, no more
+    assert per_epoch.last_epoch == 2  # the planned 2 epochs
+    assert callback._adascale.progress == pytest.approx(progress[-1], rel=1e-12)
+    # the Trainer's limits and the schedulers' frequencies are the user's again
+    assert (trainer.max_epochs, trainer.max_steps) == (2, -1)
+    assert [config.frequency for config in trainer.lr_scheduler_configs] == [1, 1]
+    assert "scale-invariant iterations" in callback.summary
+    assert "Σ r_t = 32 base-batch steps" in callback.summary
+
+
+def test_resume_from_a_checkpoint_inside_the_run_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    # at epoch ends: a mid-epoch resume restarts a plain DataLoader's epoch (other batches), with or without lrbs
+    every = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1, filename="{epoch}-{step}")
+    full = _TwoSchedulers()
+    trainer, _ = _fit(tmp_path, full, callbacks=[every], enable_checkpointing=True)
+    assert trainer.global_step > 8  # past the planned 8 steps, and the checkpoint there
+    resumed = _TwoSchedulers()
+    trainer2, callback = _fit(tmp_path / "resumed", resumed, ckpt=str(tmp_path / "ckpt" / "epoch=1-step=8.ckpt"))
+    assert resumed.used == pytest.approx(full.used[8:], rel=1e-9)
+    assert trainer2.global_step == trainer.global_step
+    assert [c.scheduler.last_epoch for c in trainer2.lr_scheduler_configs] == [8, 2]
+    assert (trainer2.max_epochs, trainer2.max_steps) == (2, -1)
+
+
+def test_with_gains_equal_to_s_it_steps_exactly_as_lightning_would() -> None:
+    """The linear limit r_t = S: one scheduler step per optimizer step, one per-epoch step per epoch, for a scheduler
+    that is not chainable (OneCycleLR) too."""
+
+    def schedules() -> tuple[list[float], Any, Any]:
+        w = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+        one_cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=24)
+        return [], optimizer, one_cycle
+
+    used, optimizer, one_cycle = schedules()
+    for _ in range(24):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        one_cycle.step()
+    si_used, si_optimizer, si_cycle = schedules()
+    invariant = ScaleInvariantSchedule([si_cycle], periods=[2.7], total=24 * 2.7)
+    progress = 0.0
+    steps = 0
+    while not invariant.done(progress):
+        si_used.append(si_optimizer.param_groups[0]["lr"])
+        si_optimizer.step()
+        progress += 2.7  # r_t = S = 2.7 (not a power of two: the sum is inexact in floating point)
+        invariant.advance(progress)
+        steps += 1
+    assert steps == 24
+    assert si_used == used  # bit for bit
+
+
+class _Plateau(_Regression):
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "train_loss"}}
+
+
+class _EveryOtherStep(_Regression):
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["frequency"] = 2
+        return config
+
+
+class _OwnSchedulerStep(_Regression):
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        scheduler.step()
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "kwargs", "match"),
+    [
+        (_Plateau, {}, "ReduceLROnPlateau follows a metric"),
+        (_EveryOtherStep, {}, "supports `frequency=1`, got frequency=2"),
+        (_OwnSchedulerStep, {}, "_OwnSchedulerStep overrides `lr_scheduler_step`"),
+        (_Regression, {"max_epochs": -1}, "needs `max_steps` or `max_epochs`"),
+    ],
+)
+def test_what_it_cannot_follow_exactly_is_refused_before_anything_changes(
+    tmp_path: Path, model_cls: type[_Regression], kwargs: dict[str, Any], match: str
+) -> None:
+    model = model_cls()
+    before = copy.deepcopy(model.state_dict())
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=True)
+    options: dict[str, Any] = {"max_epochs": 2, "limit_train_batches": 8, "accumulate_grad_batches": 2, **kwargs}
+    trainer = quiet_trainer(tmp_path, callbacks=[callback], **options)
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(model)
+    assert model.used == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert trainer.max_epochs == options["max_epochs"]
+
+
+def test_needs_rule_adascale_and_a_bool() -> None:
+    with pytest.raises(ValueError, match="`scale_invariant=True` .* needs rule='adascale', got rule='linear'"):
+        BatchScalingCallback(rule="linear", scale_invariant=True)
+    with pytest.raises(ValueError, match="scale_invariant"):
+        BatchScalingCallback(rule="adascale", scale_invariant=1)  # type: ignore[arg-type]
+
+
+class _FailsAtStep(_Regression):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.trainer.global_step == 3:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_exception_gives_the_trainer_its_limits_and_frequencies_back(tmp_path: Path) -> None:
+    model = _FailsAtStep()
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit(tmp_path, model)
+    trainer = model.trainer
+    assert (trainer.max_epochs, trainer.max_steps) == (2, -1)
+    assert [config.frequency for config in trainer.lr_scheduler_configs] == [1]
