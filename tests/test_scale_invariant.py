@@ -4,18 +4,28 @@ work is done, resume is exact, and what it cannot do exactly is refused before a
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    GradientAccumulationScheduler,
+    LearningRateFinder,
+    ModelCheckpoint,
+    StochasticWeightAveraging,
+)
 from lrbs_testing import quiet_trainer
 from test_adascale import _expected_gain, _Regression
 
-from lightning_lrbs import BatchScalingCallback
+from lightning_lrbs import BatchScalingCallback, scale_for_batch
 from lightning_lrbs.adascale import ScaleInvariantSchedule
 from lightning_lrbs.warmup import warmup_factor
 
@@ -121,6 +131,42 @@ def test_with_gains_equal_to_s_it_steps_exactly_as_lightning_would() -> None:
     assert si_used == used  # bit for bit
 
 
+def test_a_raw_loop_counts_the_same_way_with_adascale_progress() -> None:
+    """scale_for_batch(rule="adascale") + ScaleInvariantSchedule, as the loop docs show it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    result = scale_for_batch(
+        optimizer, scheduler, per_device_batch_size=8, accumulation=4, base_batch_size=8, rule="adascale"
+    )
+    assert result.noise is not None
+    assert result.adascale is not None
+    planned = 6  # optimizer steps planned at batch 32
+    invariant = ScaleInvariantSchedule([scheduler], periods=[S], total=planned * S)
+    used: list[float] = []
+    optimizer.register_step_pre_hook(lambda o, *_: used.append(float(o.param_groups[0]["lr"])))  # after ours
+    gains = []
+    while not invariant.done(result.adascale.progress):
+        for _ in range(4):
+            x = torch.randn(8, 4)
+            result.noise.micro_batch(8, loss_scale=1 / 4)
+            (torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True) + 0.5 * torch.randn(8, 1)) / 4).backward()
+        result.noise.step()
+        gains.append(result.adascale.gain)
+        optimizer.step()
+        optimizer.zero_grad()
+        invariant.advance(result.adascale.progress)
+    progress = [sum(gains[:t]) for t in range(len(gains) + 1)]
+    assert used == pytest.approx(
+        [0.05 * 0.9 ** math.floor(progress[t] / S + 1e-9) * gains[t] for t in range(len(gains))], rel=1e-9
+    )
+    assert len(gains) > planned
+    assert scheduler.last_epoch == planned
+    result.adascale.remove()
+    result.noise.remove()
+
+
 class _Plateau(_Regression):
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
@@ -169,6 +215,76 @@ def test_needs_rule_adascale_and_a_bool() -> None:
         BatchScalingCallback(rule="linear", scale_invariant=True)
     with pytest.raises(ValueError, match="scale_invariant"):
         BatchScalingCallback(rule="adascale", scale_invariant=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("callback", "match"),
+    [
+        (StochasticWeightAveraging(swa_lrs=0.01), "StochasticWeightAveraging starts and anneals by epoch number"),
+        (GradientAccumulationScheduler({0: 2, 1: 4}), "which a GradientAccumulationScheduler changes"),
+    ],
+)
+def test_callbacks_that_need_the_epoch_limit_or_change_the_plan_are_refused(
+    tmp_path: Path, callback: pl.Callback, match: str
+) -> None:
+    model = _Regression()
+    before = copy.deepcopy(model.state_dict())
+    lrbs = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=True)
+    extra = {} if isinstance(callback, GradientAccumulationScheduler) else {"accumulate_grad_batches": 2}
+    trainer = quiet_trainer(tmp_path, callbacks=[lrbs, callback], max_epochs=2, limit_train_batches=8, **extra)
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert trainer.max_epochs == 2
+
+
+class _Finder(_Regression):
+    def __init__(self) -> None:
+        super().__init__(gamma=None)
+        self.lr = 0.05
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_a_learning_rate_finder_in_the_fit_sweeps_first_and_the_run_then_counts_its_own_steps(tmp_path: Path) -> None:
+    model = _Finder()
+    lrbs = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=True)
+    finder = LearningRateFinder(num_training_steps=6, early_stop_threshold=None)
+    trainer = quiet_trainer(
+        tmp_path, callbacks=[lrbs, finder], max_epochs=2, limit_train_batches=16, accumulate_grad_batches=4
+    )
+    trainer.fit(model)
+    assert lrbs._adascale is not None
+    assert finder.optimal_lr is not None  # it swept
+    assert len(model.used) == trainer.global_step > 8  # the finder put its steps back
+    assert lrbs._adascale.progress >= 8 * S  # the planned work, counted from the fit's own steps only
+    assert lrbs._adascale.progress - S < 8 * S
+    assert (trainer.max_epochs, trainer.max_steps) == (2, -1)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_step_and_stop_together(tmp_path: Path) -> None:
+    """2 devices, no accumulation (S = 2): both ranks apply the same gains, step the scheduler at the same steps and
+    stop at the same step, once the planned 8 steps' work (16 base-batch steps) is done."""
+    script = Path(__file__).resolve().parent / "scripts" / "adascale_ddp.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONWARNINGS="ignore")
+    subprocess.run([sys.executable, str(script), str(tmp_path), "si"], env=env, check=True, timeout=300)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    result = ranks[0]
+    gains = [1.0] + [_expected_gain(tuple(st), 8, 2.0) for st in result["stats"][:-1]]
+    progress = [sum(gains[:t]) for t in range(len(gains) + 1)]
+    expected = [0.05 * 0.9 ** math.floor(progress[t] / 2 + 1e-9) * gains[t] for t in range(len(gains))]
+    assert result["used"] == pytest.approx(expected, rel=1e-9)
+    assert result["steps"] == len(gains) > 8
+    assert progress[-2] < 16 <= progress[-1] == pytest.approx(result["progress"], rel=1e-12)
+    assert result["scheduler_steps"] == 8
+    assert result["max_epochs"] == 1
 
 
 class _FailsAtStep(_Regression):

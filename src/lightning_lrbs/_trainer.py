@@ -229,6 +229,17 @@ def check_scale_invariant(pl: ModuleType, trainer: Any, pl_module: Any) -> int:
     """Refuse, before anything changes, what ``scale_invariant=True`` cannot do exactly; return the optimizer steps
     the Trainer plans (``estimated_stepping_batches``), the work the run must match."""
     who = "`scale_invariant=True` (rule='adascale')"
+    for callback in trainer.callbacks:
+        if isinstance(callback, pl.callbacks.StochasticWeightAveraging):
+            raise ValueError(
+                f"{who} lets the run go past `max_epochs` until the planned work is done, and "
+                "StochasticWeightAveraging starts and anneals by epoch number: use `scale_invariant=False`"
+            )
+        if isinstance(callback, pl.callbacks.GradientAccumulationScheduler):
+            raise ValueError(
+                f"{who} counts the planned work from `estimated_stepping_batches`, which a "
+                "GradientAccumulationScheduler changes while training: use `scale_invariant=False`"
+            )
     for config in trainer.lr_scheduler_configs:
         if config.reduce_on_plateau:
             raise ValueError(

@@ -187,7 +187,15 @@ def scale_for_batch(
     times the AdaScale gain :math:`r_t` of the noise measured at steps :math:`0 \dots t-1` (:math:`r_t^{1/2}` for
     adaptive optimizers; see :mod:`lightning_lrbs.adascale`), exactly as :class:`~lightning_lrbs.BatchScalingCallback`
     does. Feed ``result.noise`` every step (see :class:`ScalingResult`); to resume, save ``result.noise.state_dict()``
-    and after loading it call ``result.adascale.refresh()``.
+    and ``result.adascale.state_dict()``, and load them in that order. For AdaScale's scale-invariant iterations
+    (``BatchScalingCallback(scale_invariant=True)``), step the schedulers through a
+    :class:`~lightning_lrbs.adascale.ScaleInvariantSchedule` instead of ``scheduler.step()`` and train until it is
+    done, e.g. for ``planned`` optimizer steps at :math:`S = B_\text{eff}/B_\text{base}`::
+
+        invariant = ScaleInvariantSchedule([scheduler], periods=[S], total=planned * S)
+        while not invariant.done(result.adascale.progress):
+            ...  # one optimizer step, the noise fed as above
+            invariant.advance(result.adascale.progress)
 
     Returns:
         A :class:`ScalingResult` with the effective batch size, the factors, the warmup and a summary line.

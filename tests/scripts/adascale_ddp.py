@@ -1,7 +1,8 @@
 """A real 2-process DDP fit for tests/test_adascale.py: rule="adascale" on 2 devices without accumulation; each rank
 writes the LR each optimizer step used and the smoothed noise statistics after it to ``<out>/rank<k>.json``.
 
-Usage: ``python adascale_ddp.py OUT_DIR``.
+Usage: ``python adascale_ddp.py OUT_DIR [si]``; ``si``: ``scale_invariant=True`` with a per-step ExponentialLR,
+and the optimizer steps taken, the progress and the scheduler's step count written too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ class Regression(pl.LightningModule):
         return DataLoader(self.data, batch_size=8)
 
     def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.05)
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        if len(sys.argv) < 3:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         self.used.append(float(optimizer.param_groups[0]["lr"]))
@@ -48,7 +53,8 @@ class Regression(pl.LightningModule):
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
-    callback = BatchScalingCallback(base_batch_size=8, rule="adascale")
+    invariant = len(sys.argv) > 2 and sys.argv[2] == "si"
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=invariant)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -66,6 +72,14 @@ def main() -> None:
     model = Regression()
     trainer.fit(model)
     result = {"used": model.used, "stats": model.stats, "effective": callback.effective_batch_size}
+    if invariant:
+        assert callback._adascale is not None
+        result.update(
+            steps=trainer.global_step,
+            progress=callback._adascale.progress,
+            scheduler_steps=trainer.lr_scheduler_configs[0].scheduler.last_epoch,
+            max_epochs=trainer.max_epochs,
+        )
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
