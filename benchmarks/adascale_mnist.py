@@ -58,6 +58,7 @@ class Run:
     final_points: int
     points: list[tuple[int, float]] = field(default_factory=list)
     gains: list[float] = field(default_factory=list)
+    work: list[float] = field(default_factory=list)  # at each point: Σ r_t × base batch (adascale), else samples
     seconds: float = 0.0
 
     @property
@@ -122,6 +123,7 @@ def train(
         )
     run = Run(rule, scale, lr, args.final_points)
     run.points.append((0, train_loss(model, x, y)))
+    run.work.append(0.0)
     start = time.perf_counter()
     n = len(y)
     micro_per_epoch = n // b
@@ -157,10 +159,12 @@ def train(
         if seen % args.eval_every == 0:
             value = train_loss(model, x, y)
             run.points.append((seen, value))
+            run.work.append(adascale.progress * b if adascale is not None else seen)
             if not math.isfinite(value) or value > 100:
                 break  # diverged
     if run.points[-1][0] != micro * b:  # adascale-si ends between evaluations
         run.points.append((micro * b, train_loss(model, x, y)))
+        run.work.append(adascale.progress * b if adascale is not None else micro * b)
     run.seconds = time.perf_counter() - start
     if result is not None:
         if result.warmup is not None:
@@ -179,6 +183,20 @@ def deviation(run: Run, base: Run) -> float:
     if len(diffs) < len(run.points) - 1 or not diffs:
         return math.inf
     return sum(diffs) / len(diffs)
+
+
+def invariant_deviation(run: Run, base: Run) -> float:
+    """Mean relative distance from the base curve with the run's points placed at their scale-invariant progress
+    (Σ r_t × base batch, AdaScale's x-axis; samples for the other rules), the base curve interpolated linearly."""
+    xs, ys = zip(*base.points)
+    diffs = []
+    for work, (_, value) in zip(run.work[1:], run.points[1:]):
+        if not xs[1] <= work <= xs[-1] or not math.isfinite(value):
+            continue
+        i = next(k for k in range(1, len(xs)) if xs[k] >= work)
+        ref = ys[i - 1] + (ys[i] - ys[i - 1]) * (work - xs[i - 1]) / (xs[i] - xs[i - 1])
+        diffs.append(abs(value - ref) / ref)
+    return sum(diffs) / len(diffs) if diffs else math.inf
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,9 +306,10 @@ def _table(runs: list[Run], base: Run, args: argparse.Namespace) -> str:
         f"{args.samples // args.base_batch} steps), against the others at {args.samples} samples (the criterion as "
         "written) and at adascale-si's own number of samples:",
         "",
-        "| S | adascale-si | samples | gain r_t: mean, last | ÷ best other at equal samples | criterion |"
-        " others at adascale-si's samples: linear / linear+warmup / sqrt | ÷ best of them | criterion |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| S | adascale-si | samples | gain r_t: mean, last | deviation from base against Σ r_t·B_base |"
+        " ÷ best other at equal samples | criterion | others at adascale-si's samples: linear / linear+warmup / sqrt |"
+        " ÷ best of them | criterion |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scale, by_rule in by_scale.items():
         si = by_rule["adascale-si"]
@@ -298,7 +317,8 @@ def _table(runs: list[Run], base: Run, args: argparse.Namespace) -> str:
         same_ratio, _, same_ok = _criterion(si, by_rule, "@si")
         gains = f"{sum(si.gains) / len(si.gains):.2f}, {si.gains[-1]:.2f}" if si.gains else "–"
         lines.append(
-            f"| {scale} | {cell(si)} | {si.samples} ({si.samples / args.samples:.2f}×) | {gains} | {ratio:.3f} | "
+            f"| {scale} | {cell(si)} | {si.samples} ({si.samples / args.samples:.2f}×) | {gains} | "
+            f"{invariant_deviation(si, base):.3f} | {ratio:.3f} | "
             f"{'met' if ok else '**not met**'} | {' / '.join(cell(by_rule[r + '@si']) for r in OTHERS)} | "
             f"{same_ratio:.3f} | {'met' if same_ok else '**not met**'} |"
         )

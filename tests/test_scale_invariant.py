@@ -4,6 +4,7 @@ work is done, resume is exact, and what it cannot do exactly is refused before a
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     StochasticWeightAveraging,
 )
+from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import quiet_trainer
 from test_adascale import _expected_gain, _Regression
 
@@ -61,7 +63,8 @@ def _fit(tmp_path: Path, model: _Regression, ckpt: str | None = None, **kwargs: 
 
 def test_schedulers_follow_the_summed_gains_and_the_run_ends_when_the_planned_work_is_done(tmp_path: Path) -> None:
     model = _TwoSchedulers()
-    trainer, callback = _fit(tmp_path, model)
+    logger = CSVLogger(tmp_path, name="log")
+    trainer, callback = _fit(tmp_path, model, logger=logger, log_every_n_steps=1)
     gains = [1.0] + [_expected_gain(st, 8, S) for st in model.stats[:-1]]  # r_t: the previous step's statistics
     assert all(1.0 <= g < S for g in gains)
     progress = [sum(gains[:t]) for t in range(len(gains) + 1)]  # tau before step t, in base-batch steps
@@ -86,6 +89,11 @@ def test_schedulers_follow_the_summed_gains_and_the_run_ends_when_the_planned_wo
     assert [config.frequency for config in trainer.lr_scheduler_configs] == [1, 1]
     assert "scale-invariant iterations" in callback.summary
     assert "Σ r_t = 32 base-batch steps" in callback.summary
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        column = [r["lrbs/scale_invariant_progress"] for r in csv.DictReader(f)]
+    logged = [float(v) for v in column if v]
+    assert logged[-1] == pytest.approx(progress[-2], rel=1e-12)  # logged at the last step's start
+    assert logged == sorted(logged)
 
 
 def test_resume_from_a_checkpoint_inside_the_run_equals_the_uninterrupted_run(tmp_path: Path) -> None:

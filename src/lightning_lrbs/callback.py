@@ -97,7 +97,8 @@ class BatchScalingCallback(pl.Callback):
             the schedulers advance by that (whole steps, :class:`~lightning_lrbs.adascale.ScaleInvariantSchedule`),
             and training ends when the Trainer's planned steps (``max_steps``/``max_epochs``) are done in that count,
             after up to :math:`S` times as many optimizer steps. Refused with ``ReduceLROnPlateau``, a scheduler
-            ``frequency`` other than 1, or an overridden ``lr_scheduler_step``.
+            ``frequency`` other than 1, an overridden ``lr_scheduler_step``, ``StochasticWeightAveraging`` or a
+            ``GradientAccumulationScheduler``. Logs :math:`\tau` as ``lrbs/scale_invariant_progress``.
 
     Raises:
         ValueError: If an argument is invalid (named in the message; NumPy numbers count as Python ones, flags must
@@ -628,7 +629,10 @@ class BatchScalingCallback(pl.Callback):
     def _log_scale(self, trainer: Any, every_n_steps: bool = False) -> None:
         if every_n_steps and not _trainer.logs_now(trainer):
             return
-        _trainer.log_metrics(trainer, _trainer.scale_metrics(self._effective or 0, self._lr_names, self.scale_factors))
+        metrics = _trainer.scale_metrics(self._effective or 0, self._lr_names, self.scale_factors)
+        if self._invariant is not None and self._adascale is not None:  # AdaScale's tau, in base-batch steps
+            metrics["lrbs/scale_invariant_progress"] = self._adascale.progress
+        _trainer.log_metrics(trainer, metrics)
 
     def _warn(self, optimizers: list[torch.optim.Optimizer], targets: list[float]) -> None:
         effective, base = self._effective or 0, self._base or 0
