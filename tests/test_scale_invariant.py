@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import quiet_trainer
 from test_adascale import _expected_gain, _Regression
+from torch.utils.data import DataLoader
 
 from lightning_lrbs import BatchScalingCallback, scale_for_batch
 from lightning_lrbs.adascale import ScaleInvariantSchedule
@@ -47,16 +49,17 @@ class _TwoSchedulers(_Regression):
         ]
 
 
-def _fit(tmp_path: Path, model: _Regression, ckpt: str | None = None, **kwargs: Any) -> tuple[pl.Trainer, Any]:
-    callback = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=True, warmup_steps=2)
-    trainer = quiet_trainer(
-        tmp_path,
-        max_epochs=2,
-        limit_train_batches=16,  # 4 optimizer steps an epoch: 8 planned
-        accumulate_grad_batches=4,
-        callbacks=[callback, *kwargs.pop("callbacks", [])],
+def _fit(
+    tmp_path: Path, model: _Regression, ckpt: str | None = None, invariant: bool = True, **kwargs: Any
+) -> tuple[pl.Trainer, Any]:
+    callback = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=invariant, warmup_steps=2)
+    options: dict[str, Any] = {
+        "max_epochs": 2,
+        "limit_train_batches": 16,  # 4 optimizer steps an epoch: 8 planned
+        "accumulate_grad_batches": 4,
         **kwargs,
-    )
+    }
+    trainer = quiet_trainer(tmp_path, callbacks=[callback, *options.pop("callbacks", [])], **options)
     trainer.fit(model, ckpt_path=ckpt)
     return trainer, callback
 
@@ -110,9 +113,9 @@ def test_resume_from_a_checkpoint_inside_the_run_equals_the_uninterrupted_run(tm
     assert (trainer2.max_epochs, trainer2.max_steps) == (2, -1)
 
 
-def test_with_gains_equal_to_s_it_steps_exactly_as_lightning_would() -> None:
-    """The linear limit r_t = S: one scheduler step per optimizer step, one per-epoch step per epoch, for a scheduler
-    that is not chainable (OneCycleLR) too."""
+def test_with_gains_equal_to_s_it_steps_once_per_step_bit_for_bit() -> None:
+    """ScaleInvariantSchedule alone, in the linear limit r_t = S with an S whose sum is inexact in floating point: one
+    scheduler step per optimizer step, as a loop calling ``scheduler.step()`` would (OneCycleLR, not chainable)."""
 
     def schedules() -> tuple[list[float], Any, Any]:
         w = torch.nn.Parameter(torch.zeros(1))
@@ -175,6 +178,102 @@ def test_a_raw_loop_counts_the_same_way_with_adascale_progress() -> None:
     result.noise.remove()
 
 
+class _OneCycle(_TwoSchedulers):
+    """OneCycleLR (not chainable) over the planned steps, and MultiplicativeLR per epoch."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        total = int(self.trainer.estimated_stepping_batches)
+        one_cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total)
+        per_epoch = torch.optim.lr_scheduler.MultiplicativeLR(optimizer, lambda epoch: 0.5)
+        return [optimizer], [
+            {"scheduler": one_cycle, "interval": "step"},
+            {"scheduler": per_epoch, "interval": "epoch"},
+        ]
+
+
+@pytest.mark.parametrize("model_cls", [_TwoSchedulers, _OneCycle])
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_epochs": 3, "limit_val_batches": 2},
+        {"max_epochs": -1, "max_steps": 7},  # ends inside an epoch
+        {"max_epochs": 2, "limit_train_batches": 15, "min_epochs": 1},  # a last, short accumulation window
+    ],
+)
+def test_at_s_one_the_gain_is_one_and_the_fit_equals_lightnings_own_stepping(
+    tmp_path: Path, model_cls: type[_Regression], limits: dict[str, Any]
+) -> None:
+    """Base 16, batch 8 × 2 accumulation: S = 1, so r_t = 1 = S at every step, and a scale-invariant fit must equal the
+    same fit without the flag, where Lightning steps the schedulers and stops the run, step for step and bit for bit."""
+    runs = []
+    for invariant in (False, True):
+        model = model_cls()
+        callback = BatchScalingCallback(base_batch_size=16, rule="adascale", scale_invariant=invariant)
+        options = {"limit_train_batches": 16, "accumulate_grad_batches": 2, **limits}
+        trainer = quiet_trainer(tmp_path / str(invariant), callbacks=[callback], **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the factor-1 warning
+            trainer.fit(model)
+        states = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        runs.append((model.used, trainer.global_step, trainer.current_epoch, states, trainer.max_steps))
+    assert runs[1][0] == runs[0][0]  # bit for bit
+    assert runs[1][1:] == runs[0][1:]
+    assert runs[0][4] == limits.get("max_steps", -1)
+
+
+def test_resuming_a_finished_run_trains_nothing(tmp_path: Path) -> None:
+    done = _TwoSchedulers()
+    trainer, _ = _fit(tmp_path, done)
+    path = str(tmp_path / "done.ckpt")
+    trainer.save_checkpoint(path)
+    again = _TwoSchedulers()
+    trainer2, callback = _fit(tmp_path / "again", again, ckpt=path)
+    assert again.used == []
+    assert trainer2.global_step == trainer.global_step
+    assert [c.scheduler.last_epoch for c in trainer2.lr_scheduler_configs] == [8, 2]
+    assert (trainer2.max_epochs, trainer2.max_steps) == (2, -1)
+
+
+def test_resuming_with_a_larger_max_epochs_trains_on_to_the_new_plan(tmp_path: Path) -> None:
+    done = _TwoSchedulers()
+    trainer, _ = _fit(tmp_path, done)
+    path = str(tmp_path / "done.ckpt")
+    trainer.save_checkpoint(path)
+    more = _TwoSchedulers()
+    trainer2, callback = _fit(tmp_path / "more", more, ckpt=path, max_epochs=3)
+    assert len(more.used) > 0
+    assert callback._adascale.progress >= 12 * S > callback._adascale.progress - S  # 3 epochs × 4 steps × S
+    assert [c.scheduler.last_epoch for c in trainer2.lr_scheduler_configs] == [12, 3]
+    assert trainer2.max_epochs == 3
+
+
+def test_min_epochs_do_not_carry_the_schedulers_past_the_plan(tmp_path: Path) -> None:
+    plain = _TwoSchedulers()
+    trainer, _ = _fit(tmp_path, plain)
+    held = _TwoSchedulers()
+    trainer2, _ = _fit(tmp_path / "min", held, min_epochs=10, min_steps=100)
+    assert held.used == pytest.approx(plain.used, rel=1e-12)
+    assert trainer2.global_step == trainer.global_step
+    assert [c.scheduler.last_epoch for c in trainer2.lr_scheduler_configs] == [8, 2]
+
+
+def test_a_fit_that_starts_past_step_zero_without_scale_invariant_state_is_refused(tmp_path: Path) -> None:
+    plain = _TwoSchedulers()
+    trainer, _ = _fit(tmp_path, plain, invariant=False, max_epochs=1)
+    path = str(tmp_path / "plain.ckpt")
+    trainer.save_checkpoint(path)  # written without scale_invariant: no progress in it
+    resumed = _TwoSchedulers()
+    with pytest.raises(ValueError, match="starts at global step 4 without it"):
+        _fit(tmp_path / "resumed", resumed, ckpt=path)
+    assert resumed.used == []
+    assert resumed.trainer.max_epochs == 2
+    again = _TwoSchedulers()
+    trainer3, _ = _fit(tmp_path / "again", again)
+    with pytest.raises(ValueError, match="or a second `fit` of the same Trainer"):
+        trainer3.fit(again)
+
+
 class _Plateau(_Regression):
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
@@ -194,13 +293,27 @@ class _OwnSchedulerStep(_Regression):
         scheduler.step()
 
 
+class _Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        torch.manual_seed(1)
+        while True:
+            x = torch.randn(4)
+            yield x, x.sum(0, keepdim=True)
+
+
+class _Iterable(_Regression):
+    def train_dataloader(self) -> Any:
+        return DataLoader(_Stream(), batch_size=8)
+
+
 @pytest.mark.parametrize(
     ("model_cls", "kwargs", "match"),
     [
         (_Plateau, {}, "ReduceLROnPlateau follows a metric"),
         (_EveryOtherStep, {}, "supports `frequency=1`, got frequency=2"),
         (_OwnSchedulerStep, {}, "_OwnSchedulerStep overrides `lr_scheduler_step`"),
-        (_Regression, {"max_epochs": -1}, "needs `max_steps` or `max_epochs`"),
+        (_Regression, {"max_epochs": -1}, "needs `max_steps`, or `max_epochs` with a train loader of known length"),
+        (_Iterable, {"limit_train_batches": 1.0}, "needs `max_steps`, or `max_epochs` with a train loader of known"),
     ],
 )
 def test_what_it_cannot_follow_exactly_is_refused_before_anything_changes(

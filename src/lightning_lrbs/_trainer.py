@@ -258,9 +258,34 @@ def check_scale_invariant(pl: ModuleType, trainer: Any, pl_module: Any) -> int:
             "scale-invariant one): use `scale_invariant=False`"
         )
     planned = trainer.estimated_stepping_batches
-    if not math.isfinite(planned):
-        raise ValueError(f"{who} trains until the planned work is done and needs `max_steps` or `max_epochs`")
+    if not math.isfinite(planned) or planned <= 0:
+        raise ValueError(
+            f"{who} trains until the planned work is done and needs `max_steps`, or `max_epochs` with a train loader "
+            f"of known length (the Trainer plans {planned} optimizer steps)"
+        )
     return int(planned)
+
+
+def check_scale_invariant_start(trainer: Any, batch_size_known: bool, has_state: bool) -> None:
+    """Refuse, when training starts, a ``scale_invariant=True`` fit that would count its progress wrongly."""
+    who = "`scale_invariant=True` (rule='adascale')"
+    if trainer.global_step > 0 and not has_state:
+        raise ValueError(
+            f"{who} counts AdaScale's progress from the first step, and this fit starts at global step "
+            f"{trainer.global_step} without it (a checkpoint written without `scale_invariant=True`, or a second `fit` "
+            "of the same Trainer): resume from a checkpoint written with it, or train with a new Trainer"
+        )
+    if not batch_size_known:
+        raise ValueError(
+            f"{who} needs the per-device batch size when training starts, and the train loader does not expose it: "
+            "pass `batch_size=` (the number of samples each device feeds per step)"
+        )
+
+
+def stop_after_this_step(trainer: Any) -> None:
+    """End the fit as ``max_steps`` would, now: after the current batch, or before the first one (``max_steps`` wins
+    over ``min_epochs``/``min_steps``, as for a Trainer that reaches it; :func:`restore_limits` puts it back)."""
+    trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
 
 
 def lift_limits(trainer: Any) -> tuple[Any, Any, list[int]]:

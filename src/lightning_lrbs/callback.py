@@ -287,6 +287,8 @@ class BatchScalingCallback(pl.Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         per_rank = self._read_batch_sizes(trainer, batch=None)
+        if self.scale_invariant:  # before anything changes (the lifted limits are put back on the exception)
+            _trainer.check_scale_invariant_start(trainer, per_rank is not None, self._invariant_state is not None)
         if per_rank is None:
             self._pending_batch = True  # only the first batch tells; scale before its optimizer step
         else:
@@ -351,7 +353,7 @@ class BatchScalingCallback(pl.Callback):
         if self._invariant is not None and self._adascale is not None:
             self._invariant.advance(self._adascale.progress)
             if self._invariant.done(self._adascale.progress):
-                trainer.should_stop = True
+                _trainer.stop_after_this_step(trainer)
 
     @override
     def on_before_optimizer_step(
@@ -373,8 +375,12 @@ class BatchScalingCallback(pl.Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        steps = trainer.estimated_stepping_batches
-        self._report_noise(trainer, late=math.isfinite(steps) and trainer.global_step >= steps / 2)
+        if self._invariant is not None and self._adascale is not None:  # the Trainer's limits are lifted
+            late = self._adascale.progress >= self._invariant.total / 2
+        else:
+            steps = trainer.estimated_stepping_batches
+            late = math.isfinite(steps) and trainer.global_step >= steps / 2
+        self._report_noise(trainer, late=late)
         if self._steps_check is None:
             return
         (expected, start), self._steps_check = self._steps_check, None
@@ -687,16 +693,19 @@ class BatchScalingCallback(pl.Callback):
             self._adascale.set_batch_sizes(base, effective)
 
     def _start_invariant(self, trainer: Any, ratio: float, accumulation: int) -> None:
-        """Count scale-invariant iterations from the planned steps at this scale (a resumed run: from the checkpoint,
-        whatever its batch now), and step the schedulers that a checkpoint written before they stepped left behind."""
+        """Count scale-invariant iterations to the work the Trainer plans now (its steps × S, so a resume with a larger
+        ``max_epochs`` trains on, as Lightning would), with the schedulers' periods and steps taken and the progress
+        from a checkpoint; stop before the first batch when that work is done already."""
         assert self._adascale is not None
         assert self._planned_steps is not None
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         periods = _trainer.scheduler_periods(trainer, ratio, accumulation)
         self._invariant = ScaleInvariantSchedule(schedulers, periods, total=self._planned_steps * ratio)
         if self._invariant_state is not None:
-            self._invariant.load_state_dict(self._invariant_state)
+            self._invariant.load_state_dict({**self._invariant_state, "total": self._invariant.total})
         self._invariant.advance(self._adascale.progress)
+        if self._invariant.done(self._adascale.progress):
+            _trainer.stop_after_this_step(trainer)
 
     def _restore_limits(self, trainer: Any) -> None:
         if self._lifted is not None:
