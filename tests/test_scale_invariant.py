@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
 import os
 import socket
@@ -64,10 +65,13 @@ def _fit(
     return trainer, callback
 
 
-def test_schedulers_follow_the_summed_gains_and_the_run_ends_when_the_planned_work_is_done(tmp_path: Path) -> None:
+def test_schedulers_follow_the_summed_gains_and_the_run_ends_when_the_planned_work_is_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     model = _TwoSchedulers()
     logger = CSVLogger(tmp_path, name="log")
-    trainer, callback = _fit(tmp_path, model, logger=logger, log_every_n_steps=1)
+    with caplog.at_level(logging.INFO):
+        trainer, callback = _fit(tmp_path, model, logger=logger, log_every_n_steps=1)
     gains = [1.0] + [_expected_gain(st, 8, S) for st in model.stats[:-1]]  # r_t: the previous step's statistics
     assert all(1.0 <= g < S for g in gains)
     progress = [sum(gains[:t]) for t in range(len(gains) + 1)]  # tau before step t, in base-batch steps
@@ -92,6 +96,10 @@ def test_schedulers_follow_the_summed_gains_and_the_run_ends_when_the_planned_wo
     assert [config.frequency for config in trainer.lr_scheduler_configs] == [1, 1]
     assert "scale-invariant iterations" in callback.summary
     assert "Σ r_t = 32 base-batch steps" in callback.summary
+    assert (
+        f"the planned work is done: Σ r_t = {progress[-1]:.6g} ≥ 32 base-batch steps after {len(gains)} optimizer"
+        in (caplog.text)
+    )
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         column = [r["lrbs/scale_invariant_progress"] for r in csv.DictReader(f)]
     logged = [float(v) for v in column if v]

@@ -353,7 +353,7 @@ class BatchScalingCallback(pl.Callback):
         if self._invariant is not None and self._adascale is not None:
             self._invariant.advance(self._adascale.progress)
             if self._invariant.done(self._adascale.progress):
-                _trainer.stop_after_this_step(trainer)
+                self._stop_invariant(trainer)
 
     @override
     def on_before_optimizer_step(
@@ -705,7 +705,19 @@ class BatchScalingCallback(pl.Callback):
             self._invariant.load_state_dict({**self._invariant_state, "total": self._invariant.total})
         self._invariant.advance(self._adascale.progress)
         if self._invariant.done(self._adascale.progress):
-            _trainer.stop_after_this_step(trainer)
+            self._stop_invariant(trainer)
+
+    def _stop_invariant(self, trainer: Any) -> None:
+        """End the fit now that the planned work is done, and say so (Lightning reports it as `max_steps` reached)."""
+        assert self._adascale is not None
+        assert self._invariant is not None
+        _trainer.stop_after_this_step(trainer)
+        self._pl.utilities.rank_zero.rank_zero_info(
+            f"{type(self).__name__}: the planned work is done: Σ r_t = {self._adascale.progress:.6g} ≥ "
+            f"{self._invariant.total:.6g} base-batch steps after {trainer.global_step} optimizer steps; training ends "
+            f"(Lightning reports `max_steps={trainer.global_step}`, set for this; the Trainer's own limits come back "
+            "when the fit ends)"
+        )
 
     def _restore_limits(self, trainer: Any) -> None:
         if self._lifted is not None:
