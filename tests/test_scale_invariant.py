@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import quiet_trainer
+from packaging.version import Version
 from test_adascale import _expected_gain, _Regression
 from torch.utils.data import DataLoader
 
@@ -228,6 +229,74 @@ def test_at_s_one_the_gain_is_one_and_the_fit_equals_lightnings_own_stepping(
     assert runs[1][0] == runs[0][0]  # bit for bit
     assert runs[1][1:] == runs[0][1:]
     assert runs[0][4] == limits.get("max_steps", -1)
+
+
+class _Recording(_TwoSchedulers):
+    """Records the validation runs and the epoch ends as (global_step, epoch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, int, int]] = []
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def val_dataloader(self) -> Any:
+        return DataLoader(self.data, batch_size=8)
+
+    def on_validation_end(self) -> None:
+        self.events.append(("val", self.trainer.global_step, self.current_epoch))
+
+    def on_train_epoch_end(self) -> None:
+        self.events.append(("epoch_end", self.trainer.global_step, self.current_epoch))
+
+
+def test_at_s_one_a_resume_of_a_max_steps_plan_restarts_as_lightning_does(tmp_path: Path) -> None:
+    """A checkpoint written at validation end, resumed under a plan by `max_steps`: the same validations, epoch ends
+    and LRs with the flag as without it (Lightning restarts by steps when `max_steps` is set), and the LRs of the
+    uninterrupted run. Before 2.5 Lightning's own resume from there steps the per-epoch scheduler once more (the
+    flag's stepping does not), so only the second holds there."""
+    runs = []
+    for invariant in (False, True):
+        root = tmp_path / str(invariant)
+        every = ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_epochs=1, save_top_k=-1, filename="{epoch}")
+        options: dict[str, Any] = {
+            "max_epochs": -1,
+            "max_steps": 10,
+            "limit_train_batches": 8,  # 4 steps an epoch
+            "limit_val_batches": 1,
+            "accumulate_grad_batches": 2,
+            "enable_checkpointing": True,
+        }
+        first = _Recording()
+        callback = BatchScalingCallback(base_batch_size=16, rule="adascale", scale_invariant=invariant)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the factor-1 warning
+            quiet_trainer(root, callbacks=[callback, every], **options).fit(first)
+            resumed = _Recording()
+            callback = BatchScalingCallback(base_batch_size=16, rule="adascale", scale_invariant=invariant)
+            trainer = quiet_trainer(root / "resumed", callbacks=[callback], **options)
+            trainer.fit(resumed, ckpt_path=str(root / "ckpt" / "epoch=0.ckpt"))
+        states = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        runs.append((first.events, first.used, resumed.events, resumed.used, trainer.global_step, states))
+    flag_first_used, flag_resumed_used = runs[1][1], runs[1][3]
+    assert flag_resumed_used == pytest.approx(flag_first_used[4:], rel=1e-12)  # the uninterrupted run's LRs
+    assert runs[1][2]  # the resumed fit trained and validated
+    if Version(pl.__version__) >= Version("2.5"):
+        assert runs[1] == runs[0]
+
+
+def test_resuming_at_another_scale_is_refused(tmp_path: Path) -> None:
+    done = _TwoSchedulers()
+    trainer, _ = _fit(tmp_path, done, max_epochs=1)
+    path = str(tmp_path / "s4.ckpt")
+    trainer.save_checkpoint(path)
+    other = _TwoSchedulers()
+    with pytest.raises(ValueError, match=r"checkpoint, S = 4, and this fit has S = 2: resume with the same"):
+        _fit(tmp_path / "other", other, ckpt=path, accumulate_grad_batches=2)
+    assert other.used == []
+    assert other.trainer.max_epochs == 2
 
 
 def test_resuming_a_finished_run_trains_nothing(tmp_path: Path) -> None:

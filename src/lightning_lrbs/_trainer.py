@@ -282,6 +282,18 @@ def check_scale_invariant_start(trainer: Any, batch_size_known: bool, has_state:
         )
 
 
+def check_invariant_scale(state: dict[str, Any], scale: float) -> None:
+    """Refuse to resume a ``scale_invariant=True`` fit at another :math:`S` than its checkpoint's: its schedulers'
+    periods and its planned work were counted at that one."""
+    saved = float(state.get("scale", scale))
+    if not math.isclose(saved, scale, rel_tol=1e-12):
+        raise ValueError(
+            f"`scale_invariant=True` (rule='adascale') counts the schedulers' steps and the planned work at the scale "
+            f"S = B_eff / B_base of the run that wrote the checkpoint, S = {saved:.6g}, and this fit has S = "
+            f"{scale:.6g}: resume with the same effective batch (devices × batch × accumulation), or without the flag"
+        )
+
+
 def stop_after_this_step(trainer: Any) -> None:
     """End the fit as ``max_steps`` would, now: after the current batch, or before the first one (``max_steps`` wins
     over ``min_epochs``/``min_steps``, as for a Trainer that reaches it; :func:`restore_limits` puts it back)."""
@@ -293,7 +305,9 @@ def lift_limits(trainer: Any) -> tuple[Any, Any, list[int]]:
     the schedulers (the callback steps them); return what :func:`restore_limits` puts back."""
     fit_loop = trainer.fit_loop
     held = (fit_loop.max_epochs, fit_loop.max_steps, [config.frequency for config in trainer.lr_scheduler_configs])
-    fit_loop.max_epochs, fit_loop.epoch_loop.max_steps = -1, -1
+    # A `max_steps` the user set stays set (only larger): Lightning restarts a resumed fit by steps when it is not -1.
+    fit_loop.max_epochs = -1
+    fit_loop.epoch_loop.max_steps = -1 if fit_loop.max_steps == -1 else _NEVER
     for config in trainer.lr_scheduler_configs:
         config.frequency = _NEVER
     return held

@@ -198,6 +198,7 @@ class BatchScalingCallback(pl.Callback):
         self._adascale_state: dict[str, Any] | None = None  # restored from a checkpoint
         self._invariant: ScaleInvariantSchedule | None = None  # scale_invariant=True
         self._invariant_state: dict[str, Any] | None = None
+        self._invariant_scale = 1.0  # S when the count started (checkpointed: a resume must keep it)
         self._planned_steps: int | None = None  # the Trainer's planned optimizer steps, before the limits are lifted
         self._lifted: tuple[Any, Any, list[int]] | None = None  # the limits and frequencies to restore
 
@@ -442,7 +443,11 @@ class BatchScalingCallback(pl.Callback):
             "lr_finder_base": self._finder_base,
             "noise": self._noise.state_dict() if self._noise is not None else self._noise_state,
             "adascale": self._adascale.state_dict() if self._adascale is not None else self._adascale_state,
-            "scale_invariant": self._invariant.state_dict() if self._invariant is not None else self._invariant_state,
+            "scale_invariant": (
+                {**self._invariant.state_dict(), "scale": self._invariant_scale}
+                if self._invariant is not None
+                else self._invariant_state
+            ),
         }
 
     @override
@@ -492,6 +497,8 @@ class BatchScalingCallback(pl.Callback):
         base = self._finder_base if self._finder_base is not None else nominal
         optimizers = list(trainer.optimizers)
         ratio = effective / base
+        if first and self.scale_invariant and self._invariant_state is not None:  # before anything changes
+            _trainer.check_invariant_scale(self._invariant_state, ratio)
         targets = [scale_factor(ratio, self.rule, opt) for opt in optimizers]
         # The warmup starts from the LR the rule would have scaled from, also when a finder gave the LR.
         starts = targets
@@ -701,6 +708,7 @@ class BatchScalingCallback(pl.Callback):
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         periods = _trainer.scheduler_periods(trainer, ratio, accumulation)
         self._invariant = ScaleInvariantSchedule(schedulers, periods, total=self._planned_steps * ratio)
+        self._invariant_scale = ratio
         if self._invariant_state is not None:
             self._invariant.load_state_dict({**self._invariant_state, "total": self._invariant.total})
         self._invariant.advance(self._adascale.progress)
