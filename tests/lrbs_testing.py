@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +17,39 @@ from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from torch.utils.data import DataLoader
 
 LR = 0.1
+
+#: The scripts that tests run as their own processes (Lightning's ``ddp`` would re-launch pytest itself).
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment to launch a ``tests/scripts`` DDP fit in, as from a shell: a free ``MASTER_PORT`` on
+    localhost and no rank variables inherited, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONWARNINGS="ignore", **extra)
+    return env
+
+
+def run_script(name: str, out: Path, *args: object, timeout: int = 300) -> list[dict[str, Any]]:
+    """Run ``tests/scripts/<name> OUT ARGS...`` (2 ranks) and return what each rank wrote to ``OUT/rank<k>.json``."""
+    command = [sys.executable, str(SCRIPTS / name), str(out), *map(str, args)]
+    subprocess.run(command, env=script_env(), check=True, timeout=timeout)
+    return rank_results(out)
+
+
+def rank_results(out: Path, ranks: int = 2) -> list[dict[str, Any]]:
+    """What each rank of a script wrote to ``out/rank<k>.json``."""
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def finish_distributed() -> None:
+    """End a script's process group, if any: one still alive at interpreter exit sometimes aborts the process under
+    gloo ("terminate called without an active exception") once its peer has gone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def quiet_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:

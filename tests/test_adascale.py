@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +15,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning.pytorch.loggers import CSVLogger
-from lrbs_testing import quiet_trainer
+from lrbs_testing import quiet_trainer, run_script
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_lrbs import BatchScalingCallback, scale_for_batch
@@ -516,14 +511,7 @@ def test_scale_for_batch_adascale_refusals_change_nothing(kwargs: dict[str, Any]
 def test_ddp_two_processes_measure_the_noise_across_ranks_and_agree_on_the_gain(tmp_path: Path) -> None:
     """2 devices without accumulation: the noise comes from the two ranks' gradients (all-reduced), every rank applies
     the same gain, and step t uses the gain of the statistics up to step t - 1."""
-    script = Path(__file__).resolve().parent / "scripts" / "adascale_ddp.py"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONWARNINGS="ignore")
-    subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=300)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_script("adascale_ddp.py", tmp_path)
     assert ranks[0] == ranks[1]
     result = ranks[0]
     assert result["effective"] == 16

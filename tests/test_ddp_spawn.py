@@ -7,31 +7,18 @@ A real 2-process ``ddp_spawn`` fit on CPU (gloo), run as a script (tests/scripts
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from lrbs_testing import run_script
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_spawn_fit.py"
 pytestmark = pytest.mark.slow
 REL = 1e-9
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_launching_process_reports_what_the_workers_applied(tmp_path: Path) -> None:
     """Batch 8 per device × 2 devices × 2 accumulation = 32, base 8: ×4; warmup 3 steps from ×1/4."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), PYTHONWARNINGS="ignore")
-    subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], env=env, check=True, timeout=300)
-    workers = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    workers = run_script("ddp_spawn_fit.py", tmp_path)
     for worker in workers:
         assert worker["world_size"] == 2
         assert len(worker["lrs"]) == 2  # 64 samples over 2 ranks: 4 batches of 8 each, 2 steps

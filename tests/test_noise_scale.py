@@ -8,11 +8,8 @@ gradients, in one process and in 2 DDP processes, and against fairscale's ``AdaS
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import socket
 import subprocess
 import sys
 import warnings
@@ -27,7 +24,7 @@ from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
-from lrbs_testing import quiet_trainer
+from lrbs_testing import quiet_trainer, run_script
 from noise_testing import (
     FrozenMLP,
     MicroBatches,
@@ -43,7 +40,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_lrbs import BatchScalingCallback
 from lightning_lrbs.noise import GradientNoiseScale, describe_noise_scale
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "noise_ddp.py"
 SUBSET = 1024  # MNIST images the correctness bar samples from (also in scripts/noise_ddp.py)
 needs_mnist = pytest.mark.skipif(find_mnist() is None, reason="real MNIST not found: set LRBS_DATA_DIR")
 
@@ -385,19 +381,9 @@ def lightning_fit_on_plan(
     return callback, recorder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_ddp(out: Path, steps: int, accumulation: int, size0: int, size1: int) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), PYTHONWARNINGS="ignore")
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(SCRIPT), str(out), str(steps), str(accumulation), str(size0), str(size1)]
-    subprocess.run(cmd, env=env, check=True, timeout=600)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_script("noise_ddp.py", out, steps, accumulation, size0, size1, timeout=600)
 
 
 @needs_mnist

@@ -7,12 +7,7 @@ LRs are recorded by the module's ``on_before_optimizer_step`` (inside ``optimize
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +15,7 @@ from typing import Any
 import pytest
 from lightning.pytorch.callbacks import BatchSizeFinder
 from lightning.pytorch.demos.boring_classes import RandomDataset
-from lrbs_testing import LRModel, quiet_trainer
+from lrbs_testing import LRModel, quiet_trainer, run_script
 from torch.utils.data import DataLoader, Sampler
 
 from lightning_lrbs import BatchScalingCallback
@@ -99,14 +94,7 @@ def test_reload_with_the_same_batch_size_changes_nothing(tmp_path: Path, caplog:
 def test_ddp_ranks_regather_their_sizes_at_each_reload(tmp_path: Path) -> None:
     """2 ranks (gloo): epoch 0 feeds 8 + 8 = 16 (×2 at base 8), epoch 1 feeds 8 + 4 = 12 (×1.5) after the reload; both
     ranks apply the same LRs at every step."""
-    script = Path(__file__).resolve().parent / "scripts" / "ddp_reload_fit.py"
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONWARNINGS="ignore")
-    subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=300)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_script("ddp_reload_fit.py", tmp_path)
     for rank in ranks:
         assert rank["effective"] == 12
         assert rank["lrs"] == [pytest.approx([0.1 * f, 0.05 * f], rel=REL) for f in (2.0, 2.0, 1.5, 1.5)]

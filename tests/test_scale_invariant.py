@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import math
-import os
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +21,7 @@ from lightning.pytorch.callbacks import (
     StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
-from lrbs_testing import quiet_trainer
+from lrbs_testing import quiet_trainer, run_script
 from packaging.version import Version
 from test_adascale import _expected_gain, _Regression
 from torch.utils.data import DataLoader
@@ -465,14 +460,7 @@ def test_a_learning_rate_finder_in_the_fit_sweeps_first_and_the_run_then_counts_
 def test_ddp_two_processes_step_and_stop_together(tmp_path: Path) -> None:
     """2 devices, no accumulation (S = 2): both ranks apply the same gains, step the scheduler at the same steps and
     stop at the same step, once the planned 8 steps' work (16 base-batch steps) is done."""
-    script = Path(__file__).resolve().parent / "scripts" / "adascale_ddp.py"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONWARNINGS="ignore")
-    subprocess.run([sys.executable, str(script), str(tmp_path), "si"], env=env, check=True, timeout=300)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_script("adascale_ddp.py", tmp_path, "si")
     assert ranks[0] == ranks[1]
     result = ranks[0]
     gains = [1.0] + [_expected_gain(tuple(st), 8, 2.0) for st in result["stats"][:-1]]

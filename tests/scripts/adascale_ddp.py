@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning.pytorch as pl  # noqa: E402
 import torch
+from lrbs_testing import finish_distributed, quiet_trainer  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_lrbs import BatchScalingCallback
@@ -55,18 +58,12 @@ def main() -> None:
     torch.set_num_threads(1)
     invariant = len(sys.argv) > 2 and sys.argv[2] == "si"
     callback = BatchScalingCallback(base_batch_size=8, rule="adascale", scale_invariant=invariant)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=2,
         strategy="ddp",
         max_epochs=1,
         limit_train_batches=8,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
         callbacks=[callback],
     )
     model = Regression()
@@ -85,5 +82,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # leave gloo cleanly (see fabric_ddp.py)
+    finish_distributed()

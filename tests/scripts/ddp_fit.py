@@ -13,10 +13,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.demos.boring_classes import RandomDataset  # noqa: E402
-from lrbs_testing import LRModel  # noqa: E402
+from lrbs_testing import LRModel, finish_distributed, quiet_trainer  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_lrbs import BatchScalingCallback  # noqa: E402
@@ -34,19 +32,13 @@ def main() -> None:
     uneven = len(sys.argv) > 4 and sys.argv[4] == "uneven"
     model = UnevenModel() if uneven else LRModel()
     callback = BatchScalingCallback(base_batch_size=8 if not uneven else 6)
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=devices,
         num_nodes=num_nodes,
         strategy="ddp",
         max_epochs=1,
         limit_train_batches=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
         callbacks=[callback],
     )
     trainer.fit(model)
@@ -64,5 +56,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # leave gloo cleanly (see fabric_ddp.py)
+    finish_distributed()

@@ -15,10 +15,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.demos.boring_classes import RandomDataset  # noqa: E402
-from lrbs_testing import LRModel  # noqa: E402
+from lrbs_testing import LRModel, finish_distributed, quiet_trainer  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_lrbs import BatchScalingCallback  # noqa: E402
@@ -34,19 +32,13 @@ def main() -> None:
     out = Path(sys.argv[1])
     model = ReloadModel()
     callback = BatchScalingCallback(base_batch_size=8)
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=2,
         strategy="ddp",
         max_epochs=2,
         limit_train_batches=2,
-        limit_val_batches=0,
         reload_dataloaders_every_n_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
         callbacks=[callback],
     )
     trainer.fit(model)
@@ -56,5 +48,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # leave gloo cleanly (see fabric_ddp.py)
+    finish_distributed()

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-from lrbs_testing import LRModel  # noqa: E402
+from lrbs_testing import LRModel, quiet_trainer  # noqa: E402
 
 from lightning_lrbs import BatchScalingCallback  # noqa: E402
 
@@ -48,19 +48,13 @@ class WriteLRs(pl.Callback):
 def main() -> None:
     out = Path(sys.argv[1])
     callback = BatchScalingCallback(base_batch_size=8, warmup_steps=3)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=2,
         strategy="ddp_spawn",
         max_epochs=1,
         limit_train_batches=4,
         accumulate_grad_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
         callbacks=[callback, WriteLRs(out)],
     )
     trainer.fit(SpawnModel())

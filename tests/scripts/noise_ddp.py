@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
+from lrbs_testing import finish_distributed, quiet_trainer  # noqa: E402
 from noise_testing import FrozenMLP, MicroBatches, NoiseRecorder, draw_micro_batches, mnist_subset  # noqa: E402
 
 from lightning_lrbs import BatchScalingCallback  # noqa: E402
@@ -33,20 +33,15 @@ def main() -> None:
     plan = draw_micro_batches(SUBSET, steps, sizes)
     callback = BatchScalingCallback(rule="none", noise_scale=True, noise_every_n_steps=1, noise_smoothing=0.99)
     recorder = NoiseRecorder()
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=2,
         strategy="ddp",
         max_epochs=1,
         accumulate_grad_batches=accumulation,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
-        default_root_dir=out,
         callbacks=[callback, recorder],
+        limit_train_batches=1.0,
     )
     rank = int(os.environ.get("LOCAL_RANK", "0"))  # set by Lightning for the processes it launches
     model = FrozenMLP(MicroBatches(x, y, plan, offset=rank * accumulation, per_step=accumulation))
@@ -66,5 +61,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # leave gloo cleanly (see fabric_ddp.py)
+    finish_distributed()
