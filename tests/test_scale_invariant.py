@@ -378,6 +378,13 @@ class _Iterable(_Regression):
         return DataLoader(_Stream(), batch_size=8)
 
 
+class _IterablePerEpoch(_Iterable):
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["interval"] = "epoch"
+        return config
+
+
 @pytest.mark.parametrize(
     ("model_cls", "kwargs", "match"),
     [
@@ -386,6 +393,11 @@ class _Iterable(_Regression):
         (_OwnSchedulerStep, {}, "_OwnSchedulerStep overrides `lr_scheduler_step`"),
         (_Regression, {"max_epochs": -1}, "needs `max_steps`, or `max_epochs` with a train loader of known length"),
         (_Iterable, {"limit_train_batches": 1.0}, "needs `max_steps`, or `max_epochs` with a train loader of known"),
+        (
+            _IterablePerEpoch,
+            {"limit_train_batches": 1.0, "max_epochs": -1, "max_steps": 6},
+            "needs a train loader with a length \\(ExponentialLR is per epoch\\)",
+        ),
     ],
 )
 def test_what_it_cannot_follow_exactly_is_refused_before_anything_changes(

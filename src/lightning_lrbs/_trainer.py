@@ -223,12 +223,13 @@ def check_adascale(pl: ModuleType, trainer: Any, pl_module: Any, accumulation: i
 
 #: A ``frequency`` at which Lightning never steps a scheduler (``(batch_idx + 1) % frequency`` is never 0).
 _NEVER = 2**62
+_INVARIANT = "`scale_invariant=True` (rule='adascale')"
 
 
 def check_scale_invariant(pl: ModuleType, trainer: Any, pl_module: Any) -> int:
     """Refuse, before anything changes, what ``scale_invariant=True`` cannot do exactly; return the optimizer steps
     the Trainer plans (``estimated_stepping_batches``), the work the run must match."""
-    who = "`scale_invariant=True` (rule='adascale')"
+    who = _INVARIANT
     for callback in trainer.callbacks:
         if isinstance(callback, pl.callbacks.StochasticWeightAveraging):
             raise ValueError(
@@ -268,7 +269,7 @@ def check_scale_invariant(pl: ModuleType, trainer: Any, pl_module: Any) -> int:
 
 def check_scale_invariant_start(trainer: Any, batch_size_known: bool, has_state: bool) -> None:
     """Refuse, when training starts, a ``scale_invariant=True`` fit that would count its progress wrongly."""
-    who = "`scale_invariant=True` (rule='adascale')"
+    who = _INVARIANT
     if trainer.global_step > 0 and not has_state:
         raise ValueError(
             f"{who} counts AdaScale's progress from the first step, and this fit starts at global step "
@@ -280,6 +281,12 @@ def check_scale_invariant_start(trainer: Any, batch_size_known: bool, has_state:
             f"{who} needs the per-device batch size when training starts, and the train loader does not expose it: "
             "pass `batch_size=` (the number of samples each device feeds per step)"
         )
+    per_epoch = [config for config in trainer.lr_scheduler_configs if config.interval != "step"]
+    if per_epoch and not math.isfinite(trainer.num_training_batches):
+        raise ValueError(
+            f"{who} steps a per-epoch scheduler after each epoch's worth of optimizer steps and needs a train loader "
+            f"with a length ({type(per_epoch[0].scheduler).__name__} is per epoch)"
+        )
 
 
 def check_invariant_scale(state: dict[str, Any], scale: float) -> None:
@@ -288,8 +295,8 @@ def check_invariant_scale(state: dict[str, Any], scale: float) -> None:
     saved = float(state.get("scale", scale))
     if not math.isclose(saved, scale, rel_tol=1e-12):
         raise ValueError(
-            f"`scale_invariant=True` (rule='adascale') counts the schedulers' steps and the planned work at the scale "
-            f"S = B_eff / B_base of the run that wrote the checkpoint, S = {saved:.6g}, and this fit has S = "
+            f"{_INVARIANT} counts the schedulers' steps and the planned work at the scale S = B_eff / B_base of the "
+            f"run that wrote the checkpoint, S = {saved:.6g}, and this fit has S = "
             f"{scale:.6g}: resume with the same effective batch (devices × batch × accumulation), or without the flag"
         )
 
@@ -327,11 +334,8 @@ def scheduler_periods(trainer: Any, scale: float, accumulation: int) -> list[flo
     for config in trainer.lr_scheduler_configs:
         if config.interval == "step":
             periods.append(scale)
-        else:
-            batches = trainer.num_training_batches
-            if not math.isfinite(batches):
-                raise ValueError("`scale_invariant=True` with a per-epoch scheduler needs a train loader with a length")
-            periods.append(scale * steps_per_epoch(int(batches), accumulation, 1))
+        else:  # the loader has a length: check_scale_invariant_start
+            periods.append(scale * steps_per_epoch(int(trainer.num_training_batches), accumulation, 1))
     return periods
 
 
