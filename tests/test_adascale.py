@@ -442,6 +442,16 @@ def test_adam_measures_preconditioned_gradients_and_uses_the_square_root(tmp_pat
 # ---------------------------------------------------------------------------------------------- raw loop / Fabric API
 
 
+def measure_step(model: torch.nn.Module, noise: GradientNoiseScale, accumulation: int = 4) -> None:
+    """One raw-loop optimizer step's backward passes on fresh noisy regression batches of 8, measured by ``noise``."""
+    for _ in range(accumulation):
+        x = torch.randn(8, 4)
+        noise.micro_batch(8, loss_scale=1 / accumulation)
+        loss = torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True) + 0.5 * torch.randn(8, 1))
+        (loss / accumulation).backward()
+    noise.step()
+
+
 def test_scale_for_batch_adascale_in_a_raw_loop_matches_the_callbacks_rule() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
@@ -464,11 +474,7 @@ def test_scale_for_batch_adascale_in_a_raw_loop_matches_the_callbacks_rule() -> 
     optimizer.register_step_pre_hook(lambda o, *_: used.append(float(o.param_groups[0]["lr"])))  # after ours
     stats = []
     for _ in range(8):
-        for _ in range(4):
-            x = torch.randn(8, 4)
-            result.noise.micro_batch(8, loss_scale=1 / 4)
-            (torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True) + 0.5 * torch.randn(8, 1)) / 4).backward()
-        result.noise.step()
+        measure_step(model, result.noise)
         stats.append((result.noise.grad_sq_norm, result.noise.grad_var))
         optimizer.step()
         optimizer.zero_grad()

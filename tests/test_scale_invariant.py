@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import quiet_trainer, run_script
 from packaging.version import Version
-from test_adascale import _expected_gain, _Regression
+from test_adascale import _expected_gain, _Regression, measure_step
 from torch.utils.data import DataLoader
 
 from lightning_lrbs import BatchScalingCallback, scale_for_batch
@@ -163,11 +163,7 @@ def test_a_raw_loop_counts_the_same_way_with_adascale_progress() -> None:
     optimizer.register_step_pre_hook(lambda o, *_: used.append(float(o.param_groups[0]["lr"])))  # after ours
     gains = []
     while not invariant.done(result.adascale.progress):
-        for _ in range(4):
-            x = torch.randn(8, 4)
-            result.noise.micro_batch(8, loss_scale=1 / 4)
-            (torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True) + 0.5 * torch.randn(8, 1)) / 4).backward()
-        result.noise.step()
+        measure_step(model, result.noise)
         gains.append(result.adascale.gain)
         optimizer.step()
         optimizer.zero_grad()
