@@ -32,8 +32,9 @@ For adaptive optimizers (Adam and its family) AdaptDL's ``AdamScale`` (Qiao et a
 intends it, but it is *not* validated here the way the SGD gain is.
 
 :class:`AdaScaleLR` applies the gain: it multiplies the scheduled LR in an optimizer step pre-hook and puts it back
-in a step post-hook, like :class:`lightning_lrbs.warmup.LinearWarmup` (schedulers never see it), and nests inside a
-warmup registered before it. **Step** :math:`t` **uses the statistics of steps** :math:`0 \dots t-1` (factor 1 at the
+in a step post-hook, like :class:`lightning_lrbs.warmup.LinearWarmup` (schedulers never see it); both are members of
+the optimizer's :class:`~lightning_lrbs.multipliers.StepMultipliers`, so with a warmup the step uses the scheduled LR
+:math:`\times w(t) \times r_t`. **Step** :math:`t` **uses the statistics of steps** :math:`0 \dots t-1` (factor 1 at the
 first step): the gain is refreshed in the post-hook, once the step's measurement is in. Lightning evaluates the last
 backward of a step inside ``optimizer.step(closure)``, after the step pre-hook, so using step :math:`t`'s own
 statistics would need the LR set from inside the closure; the one-step lag keeps one behaviour for Lightning, Fabric
@@ -43,18 +44,15 @@ and raw loops alike.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 
-from lightning_lrbs.rescale import scalable_groups
+from lightning_lrbs.multipliers import StepMultipliers
 from lightning_lrbs.rules import is_adaptive
-from lightning_lrbs.warmup import put_back_lrs
 
 __all__ = [
     "AdaScaleLR",
@@ -267,9 +265,9 @@ class AdaScaleLR:
     Step :math:`t` uses the gain of the statistics measured at steps :math:`0 \dots t-1`; the gain is refreshed in
     each step post-hook, after the step's measurement (take it before ``optimizer.step()``). The pre-hook multiplies
     every scalable group's LR (``"lrbs_scale": False`` groups are left alone) and the post-hook puts the scheduled
-    value back, so schedulers never see the gain. The post-hook is moved in front of the optimizer's other post-hooks,
-    so that it restores first: a :class:`~lightning_lrbs.warmup.LinearWarmup` registered before it then sees its own
-    value back, and the LR used is scheduled LR :math:`\times w(t) \times r_t`.
+    value back, so schedulers never see the gain. With a :class:`~lightning_lrbs.warmup.LinearWarmup` on the same
+    optimizer (both are :class:`~lightning_lrbs.multipliers.StepMultipliers` members) the LR used is the scheduled LR
+    :math:`\times w(t) \times r_t`.
 
     :attr:`progress` counts AdaScale's *scale-invariant iterations* (Johnson et al. 2020, Algorithm 1): the sum
     :math:`\tau = \sum_t r_t` of the gains of the finished steps, in steps at the base batch (AdaptDL's
@@ -319,18 +317,10 @@ class AdaScaleLR:
         self.effective_batch_size = _check_positive(effective_batch_size, "effective_batch_size")
         self.gain = 1.0
         self.progress = 0.0
-        self._pending: list[tuple[dict[str, Any], Any]] | None = None
-        self._applied = 1.0  # the gain of the step in progress
+        self._applied: float | None = None  # the gain of the step in progress
         self.refresh()
-        self._handles: list[RemovableHandle] = [optimizer.register_step_pre_hook(self._pre_hook)]
-        post = optimizer.register_step_post_hook(self._post_hook)
-        hooks = getattr(optimizer, "_optimizer_step_post_hooks", None)
-        if not isinstance(hooks, OrderedDict):  # pragma: no cover - torch >= 2.0 keeps them in an OrderedDict
-            post.remove()
-            self._handles[0].remove()
-            raise RuntimeError("rule='adascale' needs torch's ordered optimizer step post-hooks (torch >= 2.0)")
-        hooks.move_to_end(post.id, last=False)  # restore before the hooks registered earlier (the warmup's)
-        self._handles.append(post)
+        self._stack = StepMultipliers.of(optimizer)
+        self._stack.add(self)
 
     @property
     def scale(self) -> float:
@@ -357,42 +347,27 @@ class AdaScaleLR:
             self.gain = adascale_gain(sq, var, self.base_batch_size, self.scale)
         return self.gain
 
-    def _pre_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        if self._pending is not None:  # applied already for this step
-            return
+    def begin_step(self, optimizer: Optimizer) -> float:
+        """The factor of this step (:class:`~lightning_lrbs.multipliers.StepMultipliers` calls it)."""
         self._applied = self.gain
-        factor = self.factor
-        pending: list[tuple[dict[str, Any], Any]] = []
-        if factor != 1.0:
-            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
-                if not active:
-                    continue
-                lr = group["lr"]
-                if isinstance(lr, Tensor):
-                    pending.append((group, lr.detach().clone()))
-                    with torch.no_grad():
-                        lr.mul_(factor)
-                else:
-                    pending.append((group, lr))
-                    group["lr"] = lr * factor
-        self._pending = pending
+        return self.factor
+
+    def end_step(self, optimizer: Optimizer) -> None:
+        """Count the finished step's gain into :attr:`progress` and refresh the gain from the statistics now in."""
+        if self._applied is not None:
+            self.progress += self._applied
+            self._applied = None
+        self.refresh()
 
     @property
     def pending(self) -> bool:
         """Whether a step started (its LR multiplied by the gain) and has not finished."""
-        return bool(self._pending)
+        return self._stack.pending
 
     def unscaled_state_dict(self, state_dict: dict[str, Any]) -> None:
         """In ``state_dict``, a copy of ``optimizer.state_dict()`` taken while a step is pending (a checkpoint written
         from inside the step), put back the LRs as they were before the gain: what a finished step leaves."""
-        if self._pending:
-            put_back_lrs(self.optimizer, self._pending, state_dict)
-
-    def _post_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        if self._pending is not None:
-            self.progress += self._applied
-        self._restore()
-        self.refresh()
+        self._stack.unscaled_state_dict(state_dict)
 
     def state_dict(self) -> dict[str, float]:
         """``{"progress": ...}``; the gain itself follows from the noise statistics (save those separately)."""
@@ -403,21 +378,10 @@ class AdaScaleLR:
         self.progress = float(state_dict["progress"])
         self.refresh()
 
-    def _restore(self) -> None:
-        pending, self._pending = self._pending, None
-        for group, lr in pending or ():
-            if isinstance(group["lr"], Tensor):
-                with torch.no_grad():
-                    group["lr"].copy_(lr)
-            else:
-                group["lr"] = lr
-
     def remove(self) -> None:
-        """Detach the hooks, putting back any LR still scaled."""
-        self._restore()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        """Stop applying the gain, putting back any LR still scaled."""
+        self._stack.discard(self)
+        self._applied = None
 
 
 class ScaleInvariantSchedule:

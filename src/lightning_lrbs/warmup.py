@@ -27,12 +27,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
+import torch  # noqa: F401 - the examples in the docstrings use it
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 
 from lightning_lrbs._coerce import as_float, as_int, is_bool
-from lightning_lrbs.rescale import check_numeric_lrs, scalable_groups
+from lightning_lrbs.multipliers import StepMultipliers, put_back_lrs
+from lightning_lrbs.rescale import check_numeric_lrs
 
 __all__ = [
     "put_back_lrs",
@@ -152,23 +152,6 @@ def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
     return start_factor + (1.0 - start_factor) * (max(step, 0) / warmup_steps)
 
 
-def put_back_lrs(optimizer: Optimizer, saved: Sequence[tuple[dict[str, Any], Any]], state_dict: dict[str, Any]) -> None:
-    """Write the LRs ``saved`` before a step pre-hook changed them into ``state_dict`` (a copy of
-    ``optimizer.state_dict()`` taken while that step is pending), so a checkpoint written from inside the step holds
-    what a finished step leaves. ``saved`` holds ``(param_group, lr before the hook)`` pairs; a tensor LR is replaced
-    by a copy, never written into. Nothing happens when the state dict has another layout (a sharded strategy's).
-    """
-    groups = state_dict.get("param_groups")
-    optimizer_groups = optimizer.param_groups
-    if not isinstance(groups, list) or len(groups) != len(optimizer_groups):
-        return
-    position = {id(group): i for i, group in enumerate(optimizer_groups)}
-    for group, lr in saved:
-        i = position.get(id(group))
-        if i is not None and isinstance(groups[i], dict) and "lr" in groups[i]:
-            groups[i]["lr"] = lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
-
-
 class LinearWarmup:
     r"""Warm the learning rates of one or more optimizers up over their first optimizer steps.
 
@@ -218,14 +201,11 @@ class LinearWarmup:
             check_numeric_lrs(self.optimizers)
         self.step_fn = step_fn
         self.steps = [0] * len(self.optimizers)
-        # Per optimizer: the (group, scheduled lr) pairs taken out by the pre-hook and not yet put back.
-        self._pending: list[list[tuple[dict[str, Any], Any]] | None] = [None] * len(self.optimizers)
         self._last_step: list[int | None] = [None] * len(self.optimizers)  # t of each optimizer's previous step
         self._warned_stuck = False
-        self._handles: list[RemovableHandle] = []
-        for index, optimizer in enumerate(self.optimizers):
-            self._handles.append(optimizer.register_step_pre_hook(self._make_pre_hook(index)))
-            self._handles.append(optimizer.register_step_post_hook(self._make_post_hook(index)))
+        self._stacks = [StepMultipliers.of(optimizer) for optimizer in self.optimizers]
+        for stack in self._stacks:
+            stack.add(self)
 
     def step(self, index: int = 0) -> int:
         """The 0-based step :math:`t` the next ``optimizer.step()`` of optimizer ``index`` is."""
@@ -236,64 +216,35 @@ class LinearWarmup:
         t = self.step(index) if step is None else step
         return warmup_factor(t, self.warmup_steps, self.start_factors[index])
 
-    def _make_pre_hook(self, index: int) -> Callable[[Optimizer, Any, Any], None]:
-        def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-            if self._pending[index] is not None:  # already applied for this step
-                return
-            t = self.step(index)
-            w = self.factor(index, t)
-            if w != 1.0 and t == self._last_step[index] and not self._warned_stuck:
-                self._warned_stuck = True
-                warnings.warn(
-                    f"LinearWarmup: optimizer {index} ({type(optimizer).__name__}) stepped twice at warmup step {t}: "
-                    "`step_fn` does not count its steps, so the warmup is stuck at the factor "
-                    f"{w:.4g}. In Lightning manual optimization, step through `self.optimizers()`, not the raw torch "
-                    "optimizer",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            self._last_step[index] = t
-            if w == 1.0:
-                return
-            pending: list[tuple[dict[str, Any], Any]] = []
-            for group, active in zip(optimizer.param_groups, scalable_groups(optimizer)):
-                if not active:
-                    continue
-                lr = group["lr"]
-                if isinstance(lr, torch.Tensor):
-                    pending.append((group, lr.detach().clone()))
-                    with torch.no_grad():
-                        lr.mul_(w)
-                else:
-                    pending.append((group, lr))
-                    group["lr"] = lr * w
-            self._pending[index] = pending
+    def _index(self, optimizer: Optimizer) -> int:
+        return next(i for i, o in enumerate(self.optimizers) if o is optimizer)
 
-        return pre_hook
+    def begin_step(self, optimizer: Optimizer) -> float:
+        """:math:`w(t)` of this step (:class:`~lightning_lrbs.multipliers.StepMultipliers` calls it)."""
+        index = self._index(optimizer)
+        t = self.step(index)
+        w = self.factor(index, t)
+        if w != 1.0 and t == self._last_step[index] and not self._warned_stuck:
+            self._warned_stuck = True
+            warnings.warn(
+                f"LinearWarmup: optimizer {index} ({type(optimizer).__name__}) stepped twice at warmup step {t}: "
+                "`step_fn` does not count its steps, so the warmup is stuck at the factor "
+                f"{w:.4g}. In Lightning manual optimization, step through `self.optimizers()`, not the raw torch "
+                "optimizer",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._last_step[index] = t
+        return w
 
-    def _make_post_hook(self, index: int) -> Callable[[Optimizer, Any, Any], None]:
-        def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-            self.steps[index] += 1
-            self._restore(index)
-
-        return post_hook
-
-    def _restore(self, index: int) -> None:
-        pending = self._pending[index]
-        if pending is None:
-            return
-        self._pending[index] = None
-        for group, lr in pending:
-            if isinstance(group["lr"], torch.Tensor):
-                with torch.no_grad():
-                    group["lr"].copy_(lr)
-            else:
-                group["lr"] = lr
+    def end_step(self, optimizer: Optimizer) -> None:
+        """Count the finished step."""
+        self.steps[self._index(optimizer)] += 1
 
     @property
     def pending(self) -> bool:
         """Whether a step started (its LR warmed) and has not finished: the optimizer holds warmed LRs now."""
-        return any(p is not None for p in self._pending)
+        return any(stack.pending for stack in self._stacks)
 
     def restore(self) -> bool:
         """Put back the scheduled LR of a step that started but never finished, because it raised.
@@ -324,11 +275,10 @@ class LinearWarmup:
             >>> warmup.remove()
         """
         restored = False
-        for index in range(len(self.optimizers)):
-            if self._pending[index] is not None:
-                restored = True
+        for index, stack in enumerate(self._stacks):
+            if stack.started:
                 self._last_step[index] = None  # the retried step is not a step twice at the same t
-            self._restore(index)
+            restored = stack.restore() or restored
         return restored
 
     def unwarm_state_dict(self, index: int, state_dict: dict[str, Any]) -> None:
@@ -354,16 +304,12 @@ class LinearWarmup:
             [(0.2, 0.8)]
             >>> warmup.remove()
         """
-        pending = self._pending[index]
-        if pending is not None:
-            put_back_lrs(self.optimizers[index], pending, state_dict)
+        self._stacks[index].unscaled_state_dict(state_dict)
 
     def remove(self) -> None:
-        """Detach the hooks, putting back any LR still warmed."""
-        self.restore()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        """Stop warming, putting back any LR still warmed."""
+        for stack in self._stacks:
+            stack.discard(self)
 
     def state_dict(self) -> dict[str, Any]:
         """The per-optimizer step counts (used when no ``step_fn`` is given)."""
