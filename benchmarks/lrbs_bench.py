@@ -63,10 +63,11 @@ def repo_path(arg: str) -> str:
     ``/…/shared/data`` → ``../shared/data``. Anything else is returned unchanged."""
     if not os.path.isabs(arg):
         return arg
-    path = Path(arg).resolve()
-    if ROOT.parent not in path.parents and path != ROOT.parent:
-        return arg
-    return Path(os.path.relpath(path, ROOT)).as_posix()
+    # As written first (a folder beside the checkout may be a symbolic link, e.g. ../shared), then resolved.
+    for path in (Path(os.path.normpath(arg)), Path(arg).resolve()):
+        if ROOT.parent in path.parents or path == ROOT.parent:
+            return Path(os.path.relpath(path, ROOT)).as_posix()
+    return arg
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:

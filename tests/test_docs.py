@@ -195,3 +195,14 @@ class TestBenchmarkPage:
             "python benchmarks/overhead.py --data-dir ../shared/data --out-dir docs/benchmarks"
         )
         assert bench.repo_path("relative/path") == "relative/path"
+
+    def test_a_folder_beside_the_checkout_may_be_a_symbolic_link(
+        self, run_all: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        bench = sys.modules["lrbs_bench"]
+        (tmp_path / "checkout").mkdir()
+        (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+        (tmp_path / "shared").symlink_to(tmp_path / "elsewhere")
+        monkeypatch.setattr(bench, "ROOT", tmp_path / "checkout")
+        assert bench.repo_path(str(tmp_path / "shared" / "data")) == "../shared/data"
+        assert bench.repo_path(str(tmp_path / "checkout" / "docs")) == "docs"
