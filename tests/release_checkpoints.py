@@ -1,7 +1,7 @@
 """Checkpoints written by the release before the component redesign, and how that release continued from them.
 
-``python tests/release_checkpoints.py`` (run from the repository root with the release installed) fits each case of
-:data:`CASES` for three epochs, keeps the checkpoint written at the end of epoch 0 as
+``PYTHONPATH=src python tests/release_checkpoints.py``, run from the root of a checkout of the release, fits each
+case of :data:`CASES` for three epochs, keeps the checkpoint written at the end of epoch 0 as
 ``tests/data/release_checkpoints/<case>.ckpt``, and records in ``expected.json`` what the uninterrupted run did
 after it: the LR each optimizer step used (warmup, rule and gain applied), Adam's betas and eps where ``rule="sde"``
 changes them, and the noise statistics at the end. ``tests/test_release_checkpoints.py`` resumes each checkpoint with
@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from torch.utils.data import DataLoader
 
@@ -53,6 +52,18 @@ class Recorded(BoringModel):
     def train_dataloader(self) -> DataLoader[Any]:
         torch.manual_seed(1)  # the same data in every run; no shuffling, so a resumed epoch sees the same batches
         return DataLoader(RandomDataset(32, 64), batch_size=4)
+
+
+class SaveFirstEpoch(pl.Callback):
+    """Writes ``<dirpath>/epoch=0.ckpt`` at the end of epoch 0, as a ``ModelCheckpoint`` would (whose own state would
+    put a temporary path into the file)."""
+
+    def __init__(self, dirpath: Path) -> None:
+        self.dirpath = dirpath
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            trainer.save_checkpoint(self.dirpath / "epoch=0.ckpt")
 
 
 def _sgd_step(module: torch.nn.Module) -> Any:
@@ -106,15 +117,15 @@ CASES: dict[str, tuple[Callable[[torch.nn.Module], Any], dict[str, Any], dict[st
 
 
 def fit(name: str, root: Path, ckpt_path: str | None = None) -> tuple[Recorded, pl.Trainer, Any]:
-    """Fit case ``name`` for :data:`EPOCHS` epochs (from ``ckpt_path`` if given), checkpointing every epoch in
-    ``root``; returns the model, the Trainer and the callback."""
+    """Fit case ``name`` for :data:`EPOCHS` epochs (from ``ckpt_path`` if given), writing ``root/epoch=0.ckpt``;
+    returns the model, the Trainer and the callback."""
     from lightning_lrbs import BatchScalingCallback
 
     make, callback_kwargs, trainer_kwargs = CASES[name]
     torch.manual_seed(0)
     model = Recorded(make)
     callback = BatchScalingCallback(**callback_kwargs)
-    checkpoints = ModelCheckpoint(dirpath=root, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    checkpoints = SaveFirstEpoch(root)
     trainer = pl.Trainer(
         default_root_dir=root,
         accelerator="cpu",
@@ -124,6 +135,7 @@ def fit(name: str, root: Path, ckpt_path: str | None = None) -> tuple[Recorded, 
         callbacks=[callback, checkpoints],
         enable_model_summary=False,
         enable_progress_bar=False,
+        enable_checkpointing=False,
         logger=False,
         **trainer_kwargs,
     )

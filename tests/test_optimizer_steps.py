@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import BackboneFinetuning, LearningRateMonitor
+from lightning.pytorch.callbacks import BackboneFinetuning, GradientAccumulationScheduler, LearningRateMonitor
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import LRModel, quiet_trainer
@@ -236,3 +236,40 @@ def test_names_are_learning_rate_monitors_for_several_optimizers(tmp_path: Path)
         ("lrbs/cosine/head", 2, 1),
     ]:
         assert values[name] == pytest.approx([lrs[group] for lrs in model.used[index]], rel=REL), name
+
+
+class BackboneAdamW(Backbone):
+    """Backbone with AdamW (weight decay 0.01): its time constants follow the batch under every rule."""
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW(self.layer.parameters(), lr=0.1, weight_decay=0.01)
+
+
+@pytest.mark.parametrize("rule", ["linear", "sde"])
+def test_backbone_finetuning_then_more_accumulation_scales_every_group(tmp_path: Path, rule: str) -> None:
+    """BackboneFinetuning adds a group at epoch 1 and sets its LR at every epoch start (doubling an LR it keeps); a
+    GradientAccumulationScheduler doubles the batch at epoch 2. From then on every group, the added one included, is
+    at twice (linear) or √2 × (sde, AdamW) the LR of the same run without the accumulation change, and its time
+    constants follow the batch from the values it was added with (the fit died at epoch 2 with "the checkpoint's
+    time-constant originals hold [1] param groups", no checkpoint involved)."""
+
+    def run(accumulation: dict[int, int]) -> tuple[BackboneAdamW, pl.Trainer]:
+        model = BackboneAdamW()
+        callback = BatchScalingCallback(rule=rule, log_lr=False)
+        finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=1, backbone_initial_ratio_lr=0.1, verbose=False)
+        callbacks = [callback, finetuning, GradientAccumulationScheduler(accumulation)]
+        trainer = quiet_trainer(tmp_path, max_epochs=4, callbacks=callbacks)
+        trainer.fit(model)
+        return model, trainer
+
+    model, trainer = run({0: 1, 2: 2})
+    reference, _ = run({0: 1})
+    assert [len(step) for step in model.lrs] == [1] * 4 + [2] * 4 + [2] * 4  # 4, 4, 2, 2 steps
+    factor = 2.0 if rule == "linear" else 2.0**0.5
+    for epoch in (2, 3):
+        ours, theirs = model.lrs[8 + 2 * (epoch - 2)], reference.lrs[8 + 4 * (epoch - 2)]
+        assert ours == pytest.approx([lr * factor for lr in theirs], rel=REL), f"epoch {epoch}"
+    kappa = 2.0 if rule == "sde" else 1.0
+    for group in trainer.optimizers[0].param_groups:  # the added group's betas and weight decay follow the batch too
+        assert group["betas"] == pytest.approx((0.9**kappa, 0.999**kappa), rel=REL)
+        assert group["weight_decay"] == pytest.approx(0.01 * 2.0 / factor, rel=REL)

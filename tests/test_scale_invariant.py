@@ -86,7 +86,7 @@ def test_schedulers_follow_the_summed_gains_and_the_run_ends_when_the_planned_wo
     per_step, per_epoch = (config.scheduler for config in trainer.lr_scheduler_configs)
     assert per_step.last_epoch == 8  # the planned 8 steps of the per-step schedule, no more
     assert per_epoch.last_epoch == 2  # the planned 2 epochs
-    assert callback._adascale.progress == pytest.approx(progress[-1], rel=1e-12)
+    assert callback.adascale.progress == pytest.approx(progress[-1], rel=1e-12)
     # the Trainer's limits and the schedulers' frequencies are the user's again
     assert (trainer.max_epochs, trainer.max_steps) == (2, -1)
     assert [config.frequency for config in trainer.lr_scheduler_configs] == [1, 1]
@@ -311,7 +311,7 @@ def test_resuming_with_a_larger_max_epochs_trains_on_to_the_new_plan(tmp_path: P
     more = _TwoSchedulers()
     trainer2, callback = _fit(tmp_path / "more", more, ckpt=path, max_epochs=3)
     assert len(more.used) > 0
-    assert callback._adascale.progress >= 12 * S > callback._adascale.progress - S  # 3 epochs × 4 steps × S
+    assert callback.adascale.progress >= 12 * S > callback.adascale.progress - S  # 3 epochs × 4 steps × S
     assert [c.scheduler.last_epoch for c in trainer2.lr_scheduler_configs] == [12, 3]
     assert trainer2.max_epochs == 3
 
@@ -495,3 +495,27 @@ def test_an_exception_gives_the_trainer_its_limits_and_frequencies_back(tmp_path
     trainer = model.trainer
     assert (trainer.max_epochs, trainer.max_steps) == (2, -1)
     assert [config.frequency for config in trainer.lr_scheduler_configs] == [1]
+
+
+class _GrowingBatch(_TwoSchedulers):
+    """The loader's batch goes 8 → 16 at epoch 1 (reloaded every epoch); records the LR at each epoch's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_epoch_end: list[float] = []
+
+    def train_dataloader(self) -> Any:
+        return DataLoader(self.data, batch_size=8 if self.trainer.current_epoch == 0 else 16)
+
+    def on_train_epoch_end(self) -> None:
+        self.at_epoch_end.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+def test_a_reloaded_loader_with_another_batch_size_is_refused_before_it_changes_anything(tmp_path: Path) -> None:
+    # The schedulers' periods and the planned work were counted at S = 8 × 2 / 8 = 2; a batch of 16 would make S = 4.
+    model = _GrowingBatch()
+    with pytest.raises(ValueError, match=r"started with, S = 2, and the effective batch is now 32 \(S = 4, epoch 1\)"):
+        _fit(tmp_path, model, accumulate_grad_batches=2, reload_dataloaders_every_n_epochs=1, limit_train_batches=8)
+    assert len(model.used) == 4  # epoch 0's steps, none at the new batch
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == model.at_epoch_end[0]  # not rescaled
+    assert model.trainer.max_epochs == 2  # the lifted limits are back

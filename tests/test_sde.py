@@ -312,7 +312,9 @@ class TestBadInput:
         [
             (lambda g: g.update(betas=(torch.tensor(0.9), torch.tensor(0.999))), r"param group 0 `betas` .* tensors"),
             (lambda g: g.update(betas=(0.9, 0.999, 0.5)), r"rule='sde' needs Adam param group 0 `betas` to be a pair"),
-            (lambda g: g.update(betas=(1.5, 0.999)), r"needs Adam param group 0 `betas`\[0\] in \[0, 1\], got 1.5"),
+            (lambda g: g.update(betas=(1.5, 0.999)), r"needs Adam param group 0 `betas`\[0\] in \[0, 1\), got 1.5"),
+            # torch's Adam refuses beta >= 1 in its constructor, not in a param group changed afterwards
+            (lambda g: g.update(betas=(0.9, 1.0)), r"needs Adam param group 0 `betas`\[1\] in \[0, 1\), got 1.0"),
             (lambda g: g.update(eps=-1.0), r"Adam param group 0 `eps` to be a finite number >= 0, got -1.0"),
         ],
     )

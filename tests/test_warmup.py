@@ -34,6 +34,7 @@ from torch.optim import lr_scheduler as S
 from torch.utils.data import DataLoader
 
 from lightning_lrbs import BatchScalingCallback, LinearWarmup
+from lightning_lrbs.summary import lrbs_lr_names
 
 LR = 0.1
 BATCH = 4
@@ -577,7 +578,7 @@ class TestLogging:
         single = torch.optim.SGD(layer.parameters(), lr=LR)
         named = torch.optim.Adam([{"params": [layer.weight], "name": "head"}, {"params": [layer.bias]}], lr=LR)
         again = torch.optim.SGD([{"params": [layer.weight]}, {"params": [layer.bias]}], lr=LR)
-        names = BatchScalingCallback._make_lr_names([single, named, again])
+        names = lrbs_lr_names([single, named, again])
         assert names == [
             ["lrbs/lr-SGD"],
             ["lrbs/lr-Adam/head", "lrbs/lr-Adam/pg2"],

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import numbers
 import operator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["as_float", "as_int", "check_bool", "is_bool"]
+T = TypeVar("T")
+
+__all__ = ["as_float", "as_int", "check_bool", "is_bool", "optional"]
 
 
 def is_bool(value: Any) -> bool:
@@ -84,3 +87,14 @@ def check_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool) or (is_bool(value) and getattr(value, "ndim", None) == 0):
         return bool(value)
     raise ValueError(f"`{name}` must be a bool (True or False), got {value!r}")
+
+
+def optional(check: Callable[[Any, str], T], value: Any, name: str) -> T | None:
+    """``None`` for ``None``, else ``check(value, name)`` (an argument that may be left unset).
+
+    Example::
+
+        >>> optional(check_bool, None, "flag"), optional(check_bool, True, "flag")
+        (None, True)
+    """
+    return None if value is None else check(value, name)

@@ -53,6 +53,7 @@ from torch.optim import Optimizer
 
 from lightning_lrbs.multipliers import StepMultipliers
 from lightning_lrbs.rules import is_adaptive
+from lightning_lrbs.sharding import is_dtensor
 
 __all__ = [
     "AdaScaleLR",
@@ -61,6 +62,7 @@ __all__ = [
     "check_adascale_optimizer",
     "gain_exponent",
     "gain_from_noise_scale",
+    "Preconditioner",
     "preconditioner",
     "preconditioner_ready",
 ]
@@ -180,6 +182,8 @@ def check_adascale_optimizer(optimizer: Optimizer) -> None:
 
 def _step_count(state: dict[str, Tensor]) -> float:
     step = state["step"]
+    if is_dtensor(step):  # replicated under FSDP2 / tensor parallelism
+        step = step.to_local()  # type: ignore[attr-defined]
     return float(step.item() if isinstance(step, Tensor) else step)
 
 
@@ -244,18 +248,56 @@ def preconditioner(optimizer: Optimizer) -> Callable[[Tensor, Tensor], Tensor] |
     check_adascale_optimizer(optimizer)
     if not is_adaptive(optimizer):
         return None
-    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    return Preconditioner(optimizer)
 
-    def transform(param: Tensor, grad: Tensor) -> Tensor:
-        state = optimizer.state.get(param)
+
+class Preconditioner:
+    """``transform(param, grad) -> grad / P`` of :func:`preconditioner`, for plain, sharded and full gradients.
+
+    A plain gradient of a plain parameter, or a sharded ``DTensor`` gradient (FSDP2's ``.grad``), is divided by
+    :math:`P` of the same layout. A full gradient of a sharded parameter (FSDP2's unsharded twin, which the
+    micro-batch hooks see) is divided by the full :math:`P`, which :meth:`prepare` gathers (all ranks alike, before
+    the backward; it changes only when the optimizer steps) and :meth:`release` frees.
+    """
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self._groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        self._full: dict[int, tuple[float, Tensor]] = {}  # id(sharded param) -> (its step, full P)
+
+    def _state(self, param: Tensor) -> dict[str, Tensor]:
+        state: dict[str, Tensor] | None = self.optimizer.state.get(param)
         if not state:
             raise RuntimeError(
-                f"rule='adascale': {type(optimizer).__name__} has no state for a parameter yet (before its first "
+                f"rule='adascale': {type(self.optimizer).__name__} has no state for a parameter yet (before its first "
                 "step): measure only once `preconditioner_ready(optimizer)`"
             )
-        return grad / _denominator(optimizer, groups[id(param)], state).to(grad.dtype)
+        return state
 
-    return transform
+    def __call__(self, param: Tensor, grad: Tensor) -> Tensor:
+        if is_dtensor(param) and not is_dtensor(grad):
+            full = self._full.get(id(param))
+            if full is None:
+                raise RuntimeError("rule='adascale': call `prepare()` before the backward of a sharded model")
+            return grad / full[1].to(grad.dtype)
+        return grad / _denominator(self.optimizer, self._groups[id(param)], self._state(param)).to(grad.dtype)
+
+    def prepare(self) -> None:
+        """Gather :math:`P` of every sharded parameter whose optimizer stepped since (a collective: on all ranks)."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                state = self.optimizer.state.get(param)
+                if not state or not is_dtensor(param):
+                    continue
+                step = float(_step_count(state))
+                cached = self._full.get(id(param))
+                if cached is None or cached[0] != step:
+                    denominator = _denominator(self.optimizer, group, state)
+                    self._full[id(param)] = (step, denominator.full_tensor())  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        """Free the gathered :math:`P` (the next :meth:`prepare` gathers again)."""
+        self._full.clear()
 
 
 class AdaScaleLR:
@@ -402,7 +444,7 @@ class ScaleInvariantSchedule:
     Args:
         schedulers: Schedulers with a ``step()`` that takes no argument (not ``ReduceLROnPlateau``).
         periods: :math:`p` of each scheduler, in base-batch steps.
-        total: :math:`T_\text{base}`, the base-batch steps the run should do the work of.
+        total: :math:`T_\text{base}`, the base-batch steps the run should do the work of (``math.inf``: no end).
 
     Example::
 
@@ -425,7 +467,7 @@ class ScaleInvariantSchedule:
             raise ValueError(f"{len(schedulers)} schedulers but {len(periods)} periods")
         self.schedulers = schedulers
         self.periods = [_check_positive(p, "periods") for p in periods]
-        self.total = _check_positive(total, "total")
+        self.total = math.inf if total == math.inf else _check_positive(total, "total")
         self.stepped = [0] * len(schedulers)
 
     def due(self, progress: float) -> list[int]:

@@ -111,6 +111,11 @@ class StepMultipliers:
             stack = cls._stacks[optimizer] = cls(optimizer)
         return stack
 
+    @classmethod
+    def find(cls, optimizer: Optimizer) -> StepMultipliers | None:
+        """The optimizer's multipliers if it has any (never makes them)."""
+        return cls._stacks.get(optimizer)
+
     def add(self, member: Multiplier) -> None:
         """Apply ``member``'s factor from the next step on."""
         if all(m is not member for m in self.members):

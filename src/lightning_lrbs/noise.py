@@ -62,6 +62,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_lrbs.sharding import hook_targets, is_dtensor, local_sq_norm
+
 __all__ = [
     "BiasCorrectedEMA",
     "GradientNoiseScale",
@@ -279,9 +281,15 @@ class GradientNoiseScale:
         smoothing: :math:`\beta` of the moving averages, per measured step.
         transform: ``transform(param, grad) -> grad`` applied before every squared norm, in the hooks and to
             ``.grad`` alike; it must be linear in ``grad`` (e.g. a diagonal preconditioner). ``None``: raw gradients.
+            If it has ``prepare()`` / ``release()`` methods they are called at each :meth:`micro_batch` and
+            :meth:`step` (:class:`~lightning_lrbs.adascale.Preconditioner` gathers a sharded preconditioner there).
         sync: All-reduce the per-rank sums over the default process group; ``None`` (default): when
             ``torch.distributed`` is initialized with more than one rank. ``.grad`` must then hold the mean over ranks,
-            as DDP leaves it.
+            as DDP leaves it (or, for ``DTensor`` gradients, its shards, as FSDP2 and tensor parallelism leave them).
+        modules: The modules the parameters belong to (e.g. ``[model]``): needed under FSDP2, whose micro-batch
+            gradients exist only on the unsharded twins of the parameters (:mod:`lightning_lrbs.sharding`).
+        group_size: How many ranks compute each micro-batch (the tensor-parallel size; 1 under DDP and FSDP2): a
+            plain-tensor gradient is then counted once per group, a ``DTensor`` one by its placements.
 
     Raises:
         ValueError: If ``smoothing`` is not in [0, 1) or ``params`` holds no tensor that requires a gradient.
@@ -293,13 +301,20 @@ class GradientNoiseScale:
         smoothing: float = 0.95,
         transform: GradTransform | None = None,
         sync: bool | None = None,
+        modules: Sequence[torch.nn.Module] = (),
+        group_size: int = 1,
     ) -> None:
         self.smoothing = check_smoothing(smoothing)
         self.params = [p for p in dict.fromkeys(params) if p.requires_grad]
         if not self.params:
             raise ValueError("`params` must hold at least one tensor that requires a gradient")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"`group_size` must be a positive int, got {group_size!r}")
         self.transform = transform
         self.sync = sync
+        self.modules = list(modules)
+        self.group_size = group_size
+        self._targets: list[Tensor] | None = None
         self._sq_ema = BiasCorrectedEMA(self.smoothing)
         self._var_ema = BiasCorrectedEMA(self.smoothing)
         self._sq2_ema = BiasCorrectedEMA(self.smoothing)  # of |G|^2 estimates squared: their spread
@@ -370,7 +385,13 @@ class GradientNoiseScale:
             raise ValueError(f"`loss_scale` must be a positive finite number, got {loss_scale!r}")
         self._close_micro_batch()
         if not self._handles:
-            self._handles = [p.register_hook(self._make_hook(p)) for p in self.params]  # type: ignore[no-untyped-call]
+            if self._targets is None:  # the tensors whose hooks see the micro-batch gradients (FSDP2: the twins)
+                self._targets = hook_targets(self.params, [m for module in self.modules for m in module.modules()])
+            pairs = zip(self.params, self._targets)
+            self._handles = [t.register_hook(self._make_hook(p)) for p, t in pairs]  # type: ignore[no-untyped-call]
+        prepare = getattr(self.transform, "prepare", None)
+        if prepare is not None:  # e.g. gather a sharded preconditioner for the full gradients the hooks see
+            prepare()
         self._open = batch_size
         self._loss_scale = float(loss_scale)
 
@@ -395,12 +416,17 @@ class GradientNoiseScale:
         sizes = self._sizes
         local_sq = self._local_sq
         self.discard()
-        totals = self._all_reduce(local_sq, [sum(1.0 / b for b in sizes), float(len(sizes))])
+        plain_sq, sharded_sq = self._grad_sq_sums()
+        release = getattr(self.transform, "release", None)
+        if release is not None:
+            release()
+        share = 1.0 / self.group_size  # each micro-batch counts once over the ranks that compute it
+        totals = self._all_reduce(local_sq, [sum(share / b for b in sizes), share * len(sizes), sharded_sq])
         sum_sq, inv_sizes, k = totals[0], totals[1], int(round(totals[2]))
         if k < 2:
             return None
         mean_sq = sum_sq / k
-        sq_of_mean = self._grad_sq_sum() / grad_scale**2
+        sq_of_mean = (plain_sq + totals[3]) / grad_scale**2
         small = k / inv_sizes  # harmonic mean of the micro-batch sizes
         big = k * small
         estimate = NoiseEstimate(
@@ -455,8 +481,8 @@ class GradientNoiseScale:
             g = grad.detach()
             if self.transform is not None:
                 g = self.transform(param, g)
-            g = g.float()
-            self._parts.append(torch.dot(g.reshape(-1), g.reshape(-1)))
+            sq = local_sq_norm(g)  # a DTensor's share (sharded or tensor-parallel); a plain tensor's whole
+            self._parts.append(sq if is_dtensor(g) or self.group_size == 1 else sq / self.group_size)
 
         return hook
 
@@ -475,17 +501,20 @@ class GradientNoiseScale:
         self._open = None
         self._parts = []
 
-    def _grad_sq_sum(self) -> float:
-        parts = []
+    def _grad_sq_sums(self) -> tuple[float, float]:
+        """:math:`|\bar g|^2` from ``.grad``: the plain tensors' part (the same on every rank) and this rank's share of
+        the ``DTensor``\\ s' part (:func:`~lightning_lrbs.sharding.local_sq_norm`, to be summed over ranks)."""
+        plain: list[Tensor] = []
+        sharded: list[Tensor] = []
         for p in self.params:
             if p.grad is None:
                 continue
             g = p.grad.detach()
             if self.transform is not None:
                 g = self.transform(p, g)
-            g = g.float()
-            parts.append(torch.dot(g.reshape(-1), g.reshape(-1)))
-        return float(torch.stack(parts).sum()) if parts else 0.0
+            (sharded if is_dtensor(g) else plain).append(local_sq_norm(g))
+        plain_sq = float(torch.stack(plain).sum()) if plain else 0.0
+        return plain_sq, float(torch.stack(sharded).sum()) if sharded else 0.0
 
     def _all_reduce(self, local_sq: Tensor | float, values: list[float]) -> list[float]:
         """``[local_sq, *values]`` summed over ranks (one all-reduce, one host sync)."""

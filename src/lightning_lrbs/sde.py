@@ -221,14 +221,15 @@ def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_unit(value: object, what: str, rule: str) -> float:
-    """A plain float in [0, 1] (betas, RMSprop's alpha, momentum ranges, EMA decays)."""
+def _check_unit(value: object, what: str, rule: str, beta: bool = False) -> float:
+    """A plain float in [0, 1] (RMSprop's alpha, EMA decays), or in [0, 1) for Adam's betas and the β₁ ranges of
+    momentum-cycling schedulers (``beta``: torch's own constructors refuse β ≥ 1)."""
     if isinstance(value, torch.Tensor):
         raise ValueError(
             f"rule={rule!r} transforms {what} as a plain float, got a tensor {value!r}: build it from a float"
         )
-    if not _is_real(value) or not 0.0 <= value <= 1.0:  # type: ignore[operator]
-        raise ValueError(f"rule={rule!r} needs {what} in [0, 1], got {value!r}")
+    if not _is_real(value) or not 0.0 <= value <= 1.0 or (beta and value == 1.0):  # type: ignore[operator]
+        raise ValueError(f"rule={rule!r} needs {what} in [0, 1{')' if beta else ']'}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -251,7 +252,7 @@ def _check_betas(value: object, what: str, rule: str) -> tuple[float, float]:
         )
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"rule={rule!r} needs {what} to be a pair (beta1, beta2), got {value!r}")
-    return _check_unit(value[0], f"{what}[0]", rule), _check_unit(value[1], f"{what}[1]", rule)
+    return _check_unit(value[0], f"{what}[0]", rule, beta=True), _check_unit(value[1], f"{what}[1]", rule, beta=True)
 
 
 @dataclass
@@ -362,8 +363,10 @@ def plan_time_constants(
     :math:`\rho \to \rho^\kappa` (``ema=True``). Keys the current rule does not govern go back to their originals.
 
     Originals come from ``state`` (a previous :meth:`TimeConstantPlan.state_dict`, e.g. from a checkpoint) where it
-    holds them, else from the optimizers and schedulers as they are. A β₁ that a momentum-cycling scheduler moves every
-    step keeps its position within the (rescaled) range, so it equals what the scheduler sets on that range.
+    holds them, else from the optimizers and schedulers as they are (so a param group added since, as
+    ``BackboneFinetuning`` adds one, starts from the values it was added with). A β₁ that a momentum-cycling
+    scheduler moves every step keeps its position within the (rescaled) range, so it equals what the scheduler sets
+    on that range.
 
     Args:
         optimizers: The optimizers, after their LRs were (or will be) scaled by ``factors``.
@@ -378,8 +381,9 @@ def plan_time_constants(
         ema_originals: Original EMA decays by ``id`` of the averaged model (a previous plan's ``ema_originals()``).
 
     Raises:
-        ValueError: A value the transforms cannot handle (a tensor, betas not a pair, a β outside [0, 1], a negative
-            eps or weight decay), or ``state`` does not match the optimizers. Nothing has changed then.
+        ValueError: A value the transforms cannot handle (a tensor, betas not a pair, a β outside [0, 1) or an
+            alpha outside [0, 1], a negative eps or weight decay), or ``state`` does not match the optimizers.
+            Nothing has changed then.
 
     Example::
 
@@ -396,11 +400,12 @@ def plan_time_constants(
     state = state or {}
     stored = state.get("optimizers")
     if stored is not None and (
-        len(stored) != len(optimizers) or any(len(s) != len(o.param_groups) for s, o in zip(stored, optimizers))
+        len(stored) != len(optimizers) or any(len(s) > len(o.param_groups) for s, o in zip(stored, optimizers))
     ):
         raise ValueError(
             f"the checkpoint's time-constant originals hold {[len(s) for s in stored]} param groups per optimizer, "
-            f"but the module has {[len(o.param_groups) for o in optimizers]}"
+            f"but the module has {[len(o.param_groups) for o in optimizers]} (groups may be added, as "
+            "BackboneFinetuning does, not removed)"
         )
     applied = float(state.get("kappa", 1.0))
     cycled = _beta1_cycled(schedulers)
@@ -411,7 +416,8 @@ def plan_time_constants(
         name = type(optimizer).__name__
         plans = []
         for g, group in enumerate(optimizer.param_groups):
-            originals = dict(stored[index][g]) if stored is not None else {}
+            known = stored is not None and g < len(stored[index])  # else a group added since: its values now
+            originals = dict(stored[index][g]) if known else {}  # type: ignore[index]
             what = f"{name} param group {g}"
             plan: dict[str, tuple[Any, Any]] = {}
             keys = _governed_keys(optimizer, group, family)
@@ -429,10 +435,10 @@ def plan_time_constants(
                     on = weight_decay and scales_weight_decay(rule)
                     plan[key] = (w, scale_weight_decay(w, kappa, factor) if on else w)
                 else:  # alpha, max_momentum, base_momentum
-                    u = _check_unit(original, f"{what} `{key}`", rule_text)
+                    u = _check_unit(original, f"{what} `{key}`", rule_text, beta=key != "alpha")
                     plan[key] = (u, scale_beta(u, sde_kappa))
             if id(optimizer) in cycled and "betas" in plan:
-                now = _check_unit(group["betas"][0], f"{what} `betas`[0]", rule_text)
+                now = _check_unit(group["betas"][0], f"{what} `betas`[0]", rule_text, beta=True)
                 (b1, b2), (_, new_b2) = plan["betas"]
                 plan["betas"] = ((b1, b2), (_cycled_beta1(now, group, plan, sde_kappa / applied), new_b2))
             plans.append(plan)
@@ -450,7 +456,7 @@ def plan_time_constants(
                 if not isinstance(values, list):
                     continue
                 what = f"{type(scheduler).__name__} `{key}`"
-                start = [_check_unit(v, what, rule_text) for v in values]
+                start = [_check_unit(v, what, rule_text, beta=True) for v in values]
                 entry[key] = start
                 scheduler_changes.append((scheduler, key, start, [scale_beta(v, sde_kappa) for v in start]))
         scheduler_state.append(entry)

@@ -32,13 +32,14 @@ class ResultChannel:
 
         >>> channel = ResultChannel()
         >>> channel.send({"a": 1})  # not in a spawned worker: nothing to send to
-        >>> channel.receive() is None
-        True
+        >>> channel.receive() is None, channel.get("a", 0)
+        (True, 0)
     """
 
     def __init__(self) -> None:
         self._queue: Any = None
         self._owner_pid: int | None = None
+        self._latest: Any = None  # the latest mapping received, kept until `forget`
 
     def __getstate__(self) -> dict[str, Any]:
         if multiprocessing.context.get_spawning_popen() is None:  # not pickled for a spawned process
@@ -51,6 +52,7 @@ class ResultChannel:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._queue = state["_queue"]
         self._owner_pid = state["_owner_pid"]
+        self._latest = None
 
     def send(self, value: Any) -> None:
         """Send ``value`` (small and picklable) to the launching process; does nothing outside a spawned worker."""
@@ -65,3 +67,15 @@ class ResultChannel:
         while not self._queue.empty():
             latest = self._queue.get()
         return latest
+
+    def get(self, key: str, local: Any) -> Any:
+        """``[key]`` of the latest mapping the workers sent (kept until :meth:`forget`), else ``local``."""
+        report = self.receive()
+        if report is not None:
+            self._latest = report
+        return self._latest[key] if self._latest is not None else local
+
+    def forget(self) -> None:
+        """Drop what the workers sent so far: a new run starts."""
+        self.receive()
+        self._latest = None

@@ -20,9 +20,11 @@ __all__ = [
     "describe_scaling",
     "format_factor",
     "lr_monitor_names",
+    "lrbs_lr_names",
     "optimizer_names",
     "scaling_hparams",
     "scaling_notes",
+    "scale_metrics",
     "scaling_warnings",
 ]
 
@@ -43,6 +45,7 @@ def describe_scaling(
     names: Sequence[str] | None = None,
     details: Sequence[str] = (),
     tail: str = "",
+    parallel: str | None = None,
 ) -> str:
     """One line with the numbers: how the effective batch is made up, the rule, each optimizer's LRs before → after.
 
@@ -65,6 +68,8 @@ def describe_scaling(
             class names. Factors print exactly where a short decimal is exact (:func:`format_factor`).
         details: Per optimizer, further changes to append to its entry (``betas (0.9, 0.999) → ...``), or ``""``.
         tail: A last part, e.g. ``EMA decay 0.999 → 0.996``.
+        parallel: How the batch is spread when not every device is a data-parallel replica, in place of the devices
+            and nodes: ``2 data-parallel (4 devices: tensor parallel 2)``.
 
     Example::
 
@@ -76,12 +81,16 @@ def describe_scaling(
     """  # noqa: E501
     if all(b == per_rank[0] for b in per_rank):
         parts = [f"{per_rank[0]} per device"]
-        if devices > 1 or nodes > 1:
+        if parallel is not None:
+            parts.append(parallel)
+        elif devices > 1 or nodes > 1:
             parts.append(f"{devices} device{'s' if devices != 1 else ''}")
         if nodes > 1:
             parts.append(f"{nodes} nodes")
     else:
-        parts = ["(" + " + ".join(str(b) for b in per_rank) + ") over ranks"]
+        parts = ["(" + " + ".join(str(b) for b in per_rank) + f") over {'replicas' if parallel else 'ranks'}"]
+        if parallel is not None:
+            parts.append(parallel)
     if accumulation > 1:
         parts.append(f"{accumulation} accumulation")
     text = f"effective batch {effective} = {' × '.join(parts)}; base {base}; rule {rule_name(rule)}"
@@ -253,6 +262,23 @@ def lr_monitor_names(
     return [list(name.groups) for name in optimizer_names(optimizers, scheduled)]
 
 
+def lrbs_lr_names(
+    optimizers: Sequence[Optimizer], scheduled: Sequence[tuple[object, str | None]] = ()
+) -> list[list[str]]:
+    """The names the callback logs each param group's LR under: :func:`lr_monitor_names` prefixed with ``lrbs/``.
+
+    Example::
+
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> single = torch.optim.SGD(layer.parameters(), lr=0.1)
+        >>> named = torch.optim.Adam([{"params": [layer.weight], "name": "head"}, {"params": [layer.bias]}])
+        >>> lrbs_lr_names([single, named])
+        [['lrbs/lr-SGD'], ['lrbs/lr-Adam/head', 'lrbs/lr-Adam/pg2']]
+    """
+    return [[f"lrbs/{name}" for name in names] for names in lr_monitor_names(optimizers, scheduled)]
+
+
 def scaling_warnings(
     rule: Rule, optimizers: Sequence[Optimizer], factors: Sequence[float], effective: int, base: int, who: str
 ) -> list[str]:
@@ -350,3 +376,20 @@ def scaling_hparams(
         if warmup_steps and index < len(start_factors):
             params[f"lrbs/{label}/warmup_start_factor"] = float(start_factors[index])
     return params
+
+
+def scale_metrics(effective: int, names: Sequence[Sequence[str]], factors: Sequence[float]) -> dict[str, float]:
+    """``lrbs/effective_batch_size`` and the factor of each optimizer: ``lrbs/scale_factor`` for one, else
+    ``lrbs/scale_factor-<Optimizer>[-<n>]`` after its LR names ``names`` (``lrbs/lr-SGD-1/pg1`` gives
+    ``lrbs/scale_factor-SGD-1``).
+
+    Example::
+
+        >>> scale_metrics(64, [["lrbs/lr-SGD"], ["lrbs/lr-Adam/pg1", "lrbs/lr-Adam/pg2"]], [4.0, 2.0])
+        {'lrbs/effective_batch_size': 64.0, 'lrbs/scale_factor-SGD': 4.0, 'lrbs/scale_factor-Adam': 2.0}
+    """
+    metrics = {"lrbs/effective_batch_size": float(effective)}
+    for group_names, factor in zip(names, factors):
+        stem = group_names[0].split("/")[1].replace("lr-", "scale_factor-", 1)
+        metrics["lrbs/scale_factor" if len(names) == 1 else f"lrbs/{stem}"] = factor
+    return metrics

@@ -134,7 +134,7 @@ def steps_per_epoch(batches: int, accumulation: int = 1, steps_per_batch: int = 
     return math.ceil(batches / accumulation) * steps_per_batch
 
 
-def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
+def warmup_factor(step: float, warmup_steps: int, start_factor: float) -> float:
     r"""The warmup multiplier :math:`w(t) = s + (1 - s) \min(1, t / W)`.
 
     Args:
@@ -163,7 +163,8 @@ class LinearWarmup:
         optimizers: One optimizer or a sequence of them.
         warmup_steps: Length :math:`W` in optimizer steps (``0`` disables the warmup).
         start_factor: :math:`s` in [0, 1], one for all optimizers or one per optimizer.
-        step_fn: Returns the current 0-based step :math:`t` (e.g. ``lambda: trainer.global_step``). Without it each
+        step_fn: Returns the current 0-based step :math:`t` (e.g. ``lambda: trainer.global_step``; fractions are
+            allowed). Without it each
             optimizer counts its own completed steps; that count is saved by :meth:`state_dict`.
 
     Raises:
@@ -188,7 +189,7 @@ class LinearWarmup:
         optimizers: Optimizer | Sequence[Optimizer],
         warmup_steps: int,
         start_factor: float | Sequence[float] = 0.0,
-        step_fn: Callable[[], int] | None = None,
+        step_fn: Callable[[], float] | None = None,
     ) -> None:
         self.optimizers: list[Optimizer] = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
         self.warmup_steps = check_warmup_steps(warmup_steps)
@@ -201,17 +202,17 @@ class LinearWarmup:
             check_numeric_lrs(self.optimizers)
         self.step_fn = step_fn
         self.steps = [0] * len(self.optimizers)
-        self._last_step: list[int | None] = [None] * len(self.optimizers)  # t of each optimizer's previous step
+        self._last_step: list[float | None] = [None] * len(self.optimizers)  # t of each optimizer's previous step
         self._warned_stuck = False
         self._stacks = [StepMultipliers.of(optimizer) for optimizer in self.optimizers]
         for stack in self._stacks:
             stack.add(self)
 
-    def step(self, index: int = 0) -> int:
+    def step(self, index: int = 0) -> float:
         """The 0-based step :math:`t` the next ``optimizer.step()`` of optimizer ``index`` is."""
         return self.step_fn() if self.step_fn is not None else self.steps[index]
 
-    def factor(self, index: int = 0, step: int | None = None) -> float:
+    def factor(self, index: int = 0, step: float | None = None) -> float:
         """:math:`w(t)` for optimizer ``index`` at ``step`` (default: its next step)."""
         t = self.step(index) if step is None else step
         return warmup_factor(t, self.warmup_steps, self.start_factors[index])

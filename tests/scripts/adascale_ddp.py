@@ -70,10 +70,10 @@ def main() -> None:
     trainer.fit(model)
     result = {"used": model.used, "stats": model.stats, "effective": callback.effective_batch_size}
     if invariant:
-        assert callback._adascale is not None
+        assert callback.adascale is not None
         result.update(
             steps=trainer.global_step,
-            progress=callback._adascale.progress,
+            progress=callback.adascale.progress,
             scheduler_steps=trainer.lr_scheduler_configs[0].scheduler.last_epoch,
             max_epochs=trainer.max_epochs,
         )
