@@ -19,16 +19,18 @@ slice of the checkpoint; the callback builds the ones its arguments ask for and 
 this order:
 
 1. :class:`~lightning_lrbs.components.EffectiveBatch`: per-replica batch sizes and accumulation; says when they change.
-2. :class:`~lightning_lrbs.components.LRScaling`: the factors; rescales optimizers, schedulers, other callbacks' LRs.
-3. :class:`~lightning_lrbs.components.TimeConstants`: betas, eps, weight decay, EMA decay (``rule="sde"`` and others).
-4. :class:`~lightning_lrbs.components.Warmup`: the linear warmup.
-5. :class:`~lightning_lrbs.components.AdaScale` (``rule="adascale"``): the gain of each step.
-6. :class:`~lightning_lrbs.components.NoiseScale` (``noise_scale=True`` or adascale): the gradient noise scale.
-7. :class:`~lightning_lrbs.components.ScaleInvariant` (``scale_invariant=True``): schedulers by AdaScale's progress.
-8. :class:`~lightning_lrbs.components.StepLR`: logs the LR each step uses; keeps it out of mid-step checkpoints.
-9. :class:`~lightning_lrbs.components.Summary`: the summary line, logged numbers and hyperparameters, warnings.
+2. :class:`~lightning_lrbs.components.BatchSchedule` (``batch_ramp``): grows the accumulation; schedules by samples.
+3. :class:`~lightning_lrbs.components.LRScaling`: the factors; rescales optimizers, schedulers, other callbacks' LRs.
+4. :class:`~lightning_lrbs.components.TimeConstants`: betas, eps, weight decay, EMA decay (``rule="sde"`` and others).
+5. :class:`~lightning_lrbs.components.Warmup`: the linear warmup.
+6. :class:`~lightning_lrbs.components.AdaScale` (``rule="adascale"``): the gain of each step.
+7. :class:`~lightning_lrbs.components.NoiseScale` (``noise_scale=True`` or adascale): the gradient noise scale.
+8. :class:`~lightning_lrbs.components.ScaleInvariant` (``scale_invariant=True``): schedulers by AdaScale's progress.
+9. :class:`~lightning_lrbs.components.StepLR`: logs the LR each step uses; keeps it out of mid-step checkpoints.
+10. :class:`~lightning_lrbs.components.Summary`: the summary line, logged numbers and hyperparameters, warnings.
 
-A change of scale (the effective batch known at train start or at the first batch, or changed at an epoch start)
+A change of scale (the effective batch known at train start or at the first batch, changed at an epoch start, or by
+the batch schedule after an optimizer step)
 runs :meth:`~lightning_lrbs.components.Component.plan` on every component (may raise, changes nothing), then
 :meth:`~lightning_lrbs.components.Component.commit` on every component (never raises): a refusal never leaves a
 half-scaled run. It comes after every component's ``on_train_start`` / ``on_train_epoch_start`` and before any of
@@ -52,6 +54,7 @@ from lightning_lrbs.adascale import AdaScaleLR
 from lightning_lrbs.batch import check_positive_int
 from lightning_lrbs.components import (
     AdaScale,
+    BatchSchedule,
     Component,
     EffectiveBatch,
     Fit,
@@ -112,6 +115,12 @@ class BatchScalingCallback(pl.Callback):
         noise_every_n_steps: Measure on every n-th optimizer step.
         noise_smoothing: :math:`\beta` of the moving averages of :math:`|G|^2` and :math:`\operatorname{tr}\Sigma`,
             per measured step.
+        batch_ramp: ``(start, increment, samples)``: grow the batch during training, as Megatron-LM's
+            ``--rampup-batch-size``: from ``start`` samples per optimizer step, ``increment`` more every
+            ``samples / increments`` samples, up to the Trainer's batch (per-device × data-parallel replicas ×
+            ``accumulate_grad_batches``), by gradient accumulation (:mod:`lightning_lrbs.batch_ramp`). The LR and
+            everything else follow each change by the rule; per-step schedulers, the warmup and ``max_steps`` count
+            steps at the target batch, from the samples.
         scale_invariant: With ``rule="adascale"``: AdaScale's scale-invariant iterations (Johnson et al. 2020). A
             step at gain :math:`r_t` counts as :math:`r_t / S` of a step planned at :math:`S` times the base batch:
             the schedulers advance by that (whole steps, :class:`~lightning_lrbs.adascale.ScaleInvariantSchedule`),
@@ -154,6 +163,7 @@ class BatchScalingCallback(pl.Callback):
         noise_every_n_steps: int = 10,
         noise_smoothing: float = 0.95,
         scale_invariant: bool = False,
+        batch_ramp: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         self.base_batch_size = optional(check_positive_int, base_batch_size, "base_batch_size")
@@ -175,6 +185,7 @@ class BatchScalingCallback(pl.Callback):
         if self.rule == "adascale":  # the gain needs the noise statistics of every step (lightning_lrbs.adascale)
             self.measure_noise, self.noise_every_n_steps = True, 1
         self.scale_invariant = ScaleInvariant.check_argument(scale_invariant, self.rule)
+        self.batch_ramp = BatchSchedule.check_argument(batch_ramp, self.scale_invariant)
         self._channel = ResultChannel()  # brings the workers' results back under `ddp_spawn`
         self._loaded: dict[str, Any] = {}  # the checkpoint's state, kept for the keys no component here owns
         self._build()
@@ -185,7 +196,8 @@ class BatchScalingCallback(pl.Callback):
         self._batch = EffectiveBatch(self.batch_size, self.accumulation)
         self._scaling = LRScaling(self.rule, self.base_batch_size)
         self._time_constants = TimeConstants(self.rule, self.scale_weight_decay, self.scale_ema)
-        self._warmup = Warmup(self.warmup_steps, self.warmup_epochs, self.warmup_start_factor, adascale)
+        ramp = None if self.batch_ramp is None else BatchSchedule(self.batch_ramp, self._batch)
+        self._warmup = Warmup(self.warmup_steps, self.warmup_epochs, self.warmup_start_factor, adascale, ramp)
         noise = NoiseScale(self.noise_every_n_steps, self.noise_smoothing, adascale, self._batch)
         self._noise = noise if self.measure_noise else None
         self._adascale = AdaScale(noise, self.accumulation) if adascale else None
@@ -195,9 +207,9 @@ class BatchScalingCallback(pl.Callback):
         if self._invariant is not None:
             noise.late = self._invariant.late  # the far-beyond warning waits for half the planned work
         features = [c for c in (self._adascale, self._noise, self._invariant) if c is not None]
-        parts = [self._invariant] if self._invariant is not None else []  # what the summary line ends with
+        parts = [c for c in (ramp, self._invariant) if c is not None]  # what the summary line ends with
         self._summary = Summary(self._scaling, self._warmup, self._time_constants, parts)
-        common = [self._batch, self._scaling, self._time_constants, self._warmup]
+        common = [c for c in (self._batch, ramp, self._scaling, self._time_constants, self._warmup) if c is not None]
         self._components: list[Component] = [*common, *features, StepLR(self.log_lr), self._summary]
         self._summary.components = self._components
 

@@ -4,6 +4,7 @@ interface and :mod:`lightning_lrbs.callback` for the order the callback runs the
 from lightning_lrbs.components.adascale import AdaScale
 from lightning_lrbs.components.base import Component, Fit, Scale
 from lightning_lrbs.components.batch import EffectiveBatch
+from lightning_lrbs.components.batch_schedule import BatchSchedule
 from lightning_lrbs.components.invariant import ScaleInvariant
 from lightning_lrbs.components.noise import NoiseScale
 from lightning_lrbs.components.scaling import LRScaling
@@ -14,6 +15,7 @@ from lightning_lrbs.components.warmup import Warmup
 
 __all__ = [
     "AdaScale",
+    "BatchSchedule",
     "Component",
     "EffectiveBatch",
     "Fit",

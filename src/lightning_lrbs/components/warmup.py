@@ -1,7 +1,8 @@
 r"""The linear warmup: :math:`w(t) = s + (1 - s)\min(1, t/W)` on the scheduled LR of optimizer step :math:`t`
-(:class:`~lightning_lrbs.warmup.LinearWarmup`), counted in ``trainer.global_step``. Its length is fixed at the fit's
-first change of scale (``warmup_epochs`` converted with the optimizer steps of the first epoch) and checkpointed with
-the start factors: a resumed or rescaled run never restarts it."""
+(:class:`~lightning_lrbs.warmup.LinearWarmup`), counted in ``trainer.global_step`` (under a batch ramp: in steps at the
+target batch, from the samples so far). Its length is fixed at the fit's first change of scale (``warmup_epochs``
+converted with the optimizer steps of the first epoch) and checkpointed with the start factors: a resumed or rescaled
+run never restarts it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning_lrbs.components.base import Component, Fit, Scale
+from lightning_lrbs.components.batch_schedule import BatchSchedule
 from lightning_lrbs.warmup import LinearWarmup, default_start_factor, steps_per_epoch
 
 __all__ = ["Warmup"]
@@ -24,8 +26,11 @@ class Warmup(Component):
         adascale: Whether the rule is ``"adascale"`` (its static factor is 1: start from :math:`1/S`).
     """
 
-    def __init__(self, steps: int, epochs: float, start_factor: float | None, adascale: bool) -> None:
+    def __init__(
+        self, steps: int, epochs: float, start_factor: float | None, adascale: bool, schedule: BatchSchedule | None
+    ) -> None:
         self.steps, self.epochs, self.start_factor, self.adascale = steps, epochs, start_factor, adascale
+        self.schedule = schedule
         self.setup(None)
 
     def setup(self, fit: Fit | None) -> None:
@@ -45,8 +50,10 @@ class Warmup(Component):
             return self.length
         if not self.epochs:
             return self.steps
+        if self.schedule is not None and self.schedule.target_accumulation is not None:  # steps at the target batch
+            accumulation = self.schedule.target_accumulation
         per_epoch = _first_epoch_steps(fit.trainer, self.epochs, accumulation)
-        if fit.trainer.ckpt_path is None:  # a whole first epoch: checked when it ends
+        if fit.trainer.ckpt_path is None and self.schedule is None:  # a whole first epoch: checked when it ends
             self._steps_check = (per_epoch, fit.trainer.global_step)
         return int(math.ceil(self.epochs * per_epoch - 1e-9))
 
@@ -64,12 +71,14 @@ class Warmup(Component):
             self.warmup = LinearWarmup(list(scale.optimizers), self.length, self.start_factors, step_fn=self._step(fit))
 
     def _step(self, fit: Fit) -> Callable[[], float]:
-        """:math:`t`: ``trainer.global_step``; past the warmup's end (no warming) while an LR finder sweeps in the
-        middle of training."""
-        trainer, callback = fit.trainer, fit.callback
+        """:math:`t`: ``trainer.global_step``, or the target-batch steps of the samples so far under a batch schedule;
+        past the warmup's end (no warming) while an LR finder sweeps in the middle of training."""
+        trainer, callback, schedule = fit.trainer, fit.callback, self.schedule
 
         def step() -> float:
-            return trainer.global_step if callback in trainer.callbacks else sys.maxsize
+            if callback not in trainer.callbacks:
+                return sys.maxsize
+            return trainer.global_step if schedule is None else schedule.progress
 
         return step
 
