@@ -316,6 +316,7 @@ class AdaScaleLR:
         self.base_batch_size = _check_positive(base_batch_size, "base_batch_size")
         self.effective_batch_size = _check_positive(effective_batch_size, "effective_batch_size")
         self.gain = 1.0
+        #: :math:`\tau = \sum_t r_t`, the base-batch steps done so far (scale-invariant iterations).
         self.progress = 0.0
         self._applied: float | None = None  # the gain of the step in progress
         self.refresh()
@@ -329,7 +330,7 @@ class AdaScaleLR:
 
     @property
     def factor(self) -> float:
-        r"""The factor the next step applies: :math:`r` (SGD-like) or :math:`r^{1/2}` (adaptive)."""
+        r"""The factor the next step applies, :math:`r` (SGD-like) or :math:`r^{1/2}` (adaptive)."""
         return float(self.gain**self.exponent)
 
     def set_batch_sizes(self, base_batch_size: float, effective_batch_size: float) -> None:
