@@ -141,6 +141,14 @@ def _resolve_lrbs_reference(app: Sphinx, env: BuildEnvironment, node: Any, contn
     return None
 
 
+def _no_inline_attribute_types(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+    """Napoleon reads the first line of a property's or a constant's docstring as ``type: description`` when it holds
+    a colon ("Whether a step started …: the optimizer holds …" would become a type). The types come from the
+    annotations here, so an empty comment put first, which napoleon takes for that line, turns that reading off."""
+    if what in ("attribute", "data", "property") and lines and lines[0].strip():
+        lines[:0] = ["..", ""]
+
+
 def _mark_orphans(app: Sphinx, docname: str, source: list[str]) -> None:
     """Give the linked study tables ``orphan: true`` without writing it into the files their scripts generate."""
     if docname in ORPHANS:
@@ -150,3 +158,4 @@ def _mark_orphans(app: Sphinx, docname: str, source: list[str]) -> None:
 def setup(app: Sphinx) -> None:
     app.connect("missing-reference", _resolve_lrbs_reference)
     app.connect("source-read", _mark_orphans)
+    app.connect("autodoc-process-docstring", _no_inline_attribute_types, priority=400)  # napoleon's runs at 500

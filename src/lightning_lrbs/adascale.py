@@ -330,7 +330,7 @@ class AdaScaleLR:
 
     @property
     def factor(self) -> float:
-        r"""The factor the next step applies, :math:`r` (SGD-like) or :math:`r^{1/2}` (adaptive)."""
+        r"""The factor the next step applies: :math:`r` (SGD-like) or :math:`r^{1/2}` (adaptive)."""
         return float(self.gain**self.exponent)
 
     def set_batch_sizes(self, base_batch_size: float, effective_batch_size: float) -> None:

@@ -57,10 +57,10 @@ __all__ = [
     "unsaved_schedulers",
 ]
 
-#: Param-group key that opts a group out of scaling and warmup, as in ``{"params": ..., "lrbs_scale": False}``.
+#: Param-group key that opts a group out of scaling and warmup: ``{"params": ..., "lrbs_scale": False}``.
 SKIP_KEY = "lrbs_scale"
 
-#: Scheduler attribute (class or instance) naming the attributes that hold its learning rates, the opt-in for a
+#: Scheduler attribute (class or instance) naming the attributes that hold its learning rates: the opt-in for a
 #: scheduler class :func:`rescale_` does not know. ``()`` says it keeps none of its own.
 LR_ATTRIBUTES_KEY = "lrbs_lr_attributes"
 

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 RuleName = Literal["linear", "sqrt", "auto", "none", "sde", "adascale"]
-#: A rule, the name of a built-in one (:data:`RULES`) or a callable ``ratio -> factor``.
+#: A rule: the name of a built-in one (:data:`RULES`) or a callable ``ratio -> factor``.
 Rule = RuleName | Callable[[float], float]
 #: The names of the built-in rules.
 RULES: tuple[str, ...] = get_args(RuleName)

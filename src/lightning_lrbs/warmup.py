@@ -243,7 +243,7 @@ class LinearWarmup:
 
     @property
     def pending(self) -> bool:
-        """Whether a step started (its LR warmed) and has not finished, so the optimizer holds warmed LRs now."""
+        """Whether a step started (its LR warmed) and has not finished: the optimizer holds warmed LRs now."""
         return any(stack.pending for stack in self._stacks)
 
     def restore(self) -> bool:
