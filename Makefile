@@ -3,6 +3,7 @@
 #   make test-oldest - the fast tests against the oldest lightning / pytorch-lightning / jsonargparse we declare
 #   make demo   - train the MNIST CNN with BatchScalingCallback
 #   make lint   - ruff + mypy --strict
+#   make docs   - the documentation site from docs/ into docs/_build/html (warnings are errors, links checked)
 #   make bench  - benchmarks (not part of make test)
 #   make frontier - the batch-size study of docs/frontier.md (not part of make test)
 
@@ -28,7 +29,7 @@ OLDEST_DESELECT := \
 	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
 	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
 
-.PHONY: venv install test test-oldest lint demo sweep sde-sweep bench frontier clean
+.PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier clean
 
 venv: $(VENV)/.deps
 
@@ -49,7 +50,7 @@ install: venv
 # tests/test_package.py fail if lightning_lrbs was imported from anywhere but the installed wheel.
 test: install
 	cd tests && LRBS_EXPECT_INSTALLED=1 ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) \
-		. ../README.md --pyargs lightning_lrbs
+		. --pyargs lightning_lrbs
 
 $(VENV_OLDEST)/.deps: $(VENV)/.deps Makefile
 	test -x $(VENV_OLDEST)/bin/python || $(PYTHON) -m venv $(VENV_OLDEST)
@@ -67,9 +68,19 @@ test-oldest: install $(VENV_OLDEST)/.deps
 		--rootdir .. -m "not slow" $(addprefix --deselect ,$(OLDEST_DESELECT)) $(PYTEST_ARGS) . --pyargs lightning_lrbs
 
 lint: venv
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples docs/conf.py
+	$(BIN)/ruff format --check src tests examples docs/conf.py
 	$(BIN)/mypy src
+
+# The documentation site (Sphinx + MyST, docs/conf.py), built afresh from the installed wheel's docstrings. -W: every
+# warning is an error (--keep-going lists them all first), among them a link to a page, file or anchor that does not
+# exist and a page in no navigation list; -n: every cross-reference to a lightning_lrbs name must resolve. Then no
+# machine path may appear in the built pages. Offline: no intersphinx, no external link checks.
+docs: install
+	rm -rf docs/_build docs/reference/generated
+	$(BIN)/sphinx-build -W --keep-going -n -q -b html -d docs/_build/doctrees docs docs/_build/html
+	@if grep -rlP '(?<![\w.])/(work|tmp)/' docs/_build/html; then echo "machine paths in the pages above"; exit 1; fi
+	@echo "docs/_build/html/index.html"
 
 demo: install
 	$(BIN)/python examples/mnist.py --data-dir $(DATA_DIR)
@@ -100,4 +111,4 @@ frontier: install
 	$(BIN)/python benchmarks/frontier.py --report
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache docs/_build docs/reference/generated

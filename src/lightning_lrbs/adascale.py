@@ -358,6 +358,7 @@ class AdaScaleLR:
         self.base_batch_size = _check_positive(base_batch_size, "base_batch_size")
         self.effective_batch_size = _check_positive(effective_batch_size, "effective_batch_size")
         self.gain = 1.0
+        #: :math:`\tau = \sum_t r_t`, the base-batch steps done so far (scale-invariant iterations).
         self.progress = 0.0
         self._applied: float | None = None  # the gain of the step in progress
         self.refresh()

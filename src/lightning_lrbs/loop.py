@@ -173,15 +173,15 @@ def scale_for_batch(
         warmup_start_factor: Multiplier :math:`s` on the scheduled LR at the first step, in [0, 1]. ``None`` starts
             from the unscaled LR, :math:`s = 1/f` (Goyal et al.), or from 0 when :math:`f \le 1`. The LR at
             optimizer step :math:`t` is the scheduled LR times :math:`s + (1 - s)\min(1, t / W)`.
+            With ``rule="adascale"``, ``None`` means :math:`s = 1/S` with :math:`S = B_\text{eff}/B_\text{base}`.
         averaged_models: ``torch.optim.swa_utils.AveragedModel`` instances whose EMA decay :math:`\rho` becomes
             :math:`\rho^\kappa` (``get_ema_avg_fn`` / ``get_ema_multi_avg_fn``; others are left alone).
         scale_weight_decay: Multiply decoupled weight decay by :math:`\kappa / f` (every rule but ``"none"``).
         scale_ema: Scale the EMA decay of ``averaged_models`` (every rule but ``"none"``).
+        noise_smoothing: With ``rule="adascale"``: :math:`\beta` of the noise statistics' moving averages.
 
     Under ``rule="sde"`` the Adam family's betas and eps and RMSprop's alpha and eps follow :math:`\kappa` too
     (:mod:`lightning_lrbs.sde`); the summary lists every change.
-            With ``rule="adascale"``, ``None`` means :math:`s = 1/S` with :math:`S = B_\text{eff}/B_\text{base}`.
-        noise_smoothing: With ``rule="adascale"``: :math:`\beta` of the noise statistics' moving averages.
 
     With ``rule="adascale"`` the LRs are not rescaled up front: step :math:`t` uses the scheduled LR times the warmup
     times the AdaScale gain :math:`r_t` of the noise measured at steps :math:`0 \dots t-1` (:math:`r_t^{1/2}` for

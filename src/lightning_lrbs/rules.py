@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 RuleName = Literal["linear", "sqrt", "auto", "none", "sde", "adascale"]
+#: A rule: the name of a built-in one (:data:`RULES`) or a callable ``ratio -> factor``.
 Rule = RuleName | Callable[[float], float]
+#: The names of the built-in rules.
 RULES: tuple[str, ...] = get_args(RuleName)
 
 #: Optimizers that normalise the update by a running estimate of the gradient's scale.

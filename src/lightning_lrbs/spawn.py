@@ -10,9 +10,10 @@ object the user holds in the launching process never sees the fit. Lightning its
 
 :class:`ResultChannel` does it without touching Lightning: when it is pickled *for a process spawn*
 (``multiprocessing.context.get_spawning_popen()`` is set, as during ``Process.start`` with the ``spawn`` or
-``forkserver`` start method), it creates a pipe-backed ``SimpleQueue`` and travels with it; a worker :meth:`send`\\ s
-a small picklable value, the launching process :meth:`receive`\\ s the latest one after the workers have ended. Any
-other pickling or copy (a checkpoint, ``copy.deepcopy``) carries no queue, and nothing is sent.
+``forkserver`` start method), it creates a pipe-backed ``SimpleQueue`` and travels with it; a worker
+:meth:`~ResultChannel.send`\\ s a small picklable value, the launching process :meth:`~ResultChannel.receive`\\ s the
+latest one after the workers have ended. Any other pickling or copy (a checkpoint, ``copy.deepcopy``) carries no
+queue, and nothing is sent.
 """
 
 from __future__ import annotations

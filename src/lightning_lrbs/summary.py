@@ -346,11 +346,11 @@ def scaling_hparams(
     ``lrbs/effective_batch_size``, ``lrbs/per_device_batch_size``, ``lrbs/devices``, ``lrbs/nodes``,
     ``lrbs/accumulation``, ``lrbs/base_batch_size``, ``lrbs/rule``, ``lrbs/warmup_steps``, and per optimizer
     ``lrbs/<name>/rule`` (``auto`` resolved), ``lrbs/<name>/scale_factor`` and ``lrbs/<name>/warmup_start_factor``
-    (the latter only with a warmup). Add your own keys to the returned dict.
+    (the latter only with a warmup). Add your own keys to the returned dict. The arguments are those of
+    :func:`describe_scaling`, and:
 
     Args:
         names: Each optimizer's label (:func:`optimizer_names`); default the class names.
-        The others: as in :func:`describe_scaling`.
 
     Example::
 

@@ -1,5 +1,8 @@
-"""The features of :class:`~lightning_lrbs.BatchScalingCallback`, one component each (see :mod:`.base` for the
-interface and :mod:`lightning_lrbs.callback` for the order the callback runs them in)."""
+"""The features of :class:`~lightning_lrbs.callback.BatchScalingCallback`, one component each: the interface
+(:class:`~lightning_lrbs.components.base.Component`, with the :class:`~lightning_lrbs.components.base.Fit` and
+:class:`~lightning_lrbs.components.base.Scale` every hook and change of scale receive), then one class
+per feature. :mod:`lightning_lrbs.callback` says in which order the callback runs them; the architecture page shows
+one optimizer step."""
 
 from lightning_lrbs.components.adascale import AdaScale
 from lightning_lrbs.components.base import Component, Fit, Scale

@@ -1,6 +1,7 @@
 r"""The gradient noise scale :math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2` (McCandlish et al. 2018) of the
-run, measured from the micro-batch gradients of every n-th optimizer step (:class:`~lightning_lrbs.noise.
-GradientNoiseScale`), logged, reported once per epoch against the effective batch, and checkpointed."""
+run, measured from the micro-batch gradients of every n-th optimizer step
+(:class:`~lightning_lrbs.noise.GradientNoiseScale`), logged, reported once per epoch against the effective batch, and
+checkpointed."""
 
 from __future__ import annotations
 
