@@ -20,8 +20,12 @@ import lightning.pytorch.plugins.precision as _precision  # noqa: E402
 if not hasattr(_precision, "MixedPrecision"):
     _precision.MixedPrecision = _precision.MixedPrecisionPlugin  # type: ignore[attr-defined]
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from lightning_lrbs.environment import OTHER_TOOLS, PREFIX  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +35,12 @@ def _one_torch_thread() -> object:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_lrbs_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LRBS_*`` settings in the shell that runs the tests would add a callback to every Trainer built here (the
+    plugin, ``lightning_lrbs.plugin``): each test starts without them, and sets the ones it tests."""
+    for name in list(os.environ):
+        if name.startswith(PREFIX) and name not in OTHER_TOOLS:
+            monkeypatch.delenv(name)

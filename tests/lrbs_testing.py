@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import lightning.pytorch as pl
@@ -52,8 +53,9 @@ def finish_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def quiet_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
-    """A CPU Trainer with no logger, progress bar, checkpointing or validation unless asked for."""
+def quiet_trainer(tmp_path: Path, namespace: ModuleType = pl, **kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer with no logger, progress bar, checkpointing or validation unless asked for; ``namespace``:
+    ``lightning.pytorch`` or ``pytorch_lightning``, whose ``Trainer`` it is."""
     defaults: dict[str, Any] = {
         "default_root_dir": tmp_path,
         "accelerator": "cpu",
@@ -67,7 +69,8 @@ def quiet_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
         "logger": False,
     }
     defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+    trainer: pl.Trainer = namespace.Trainer(**defaults)
+    return trainer
 
 
 class LRModel(BoringModel):

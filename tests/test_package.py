@@ -73,7 +73,7 @@ def test_lightning_free_modules_do_not_import_lightning() -> None:
     code = (
         "import sys\n"
         "import lightning_lrbs, lightning_lrbs.rules, lightning_lrbs.rescale, lightning_lrbs.warmup\n"
-        "import lightning_lrbs.batch, lightning_lrbs.loop\n"
+        "import lightning_lrbs.batch, lightning_lrbs.loop, lightning_lrbs.environment\n"
         "from lightning_lrbs import scale_for_batch, LinearWarmup, rescale_, scale_factor, effective_batch_size\n"
         "roots = {'lightning', 'pytorch_lightning', 'lightning_fabric', 'lightning_utilities', 'torchmetrics'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in roots))\n"

@@ -35,8 +35,9 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised in an envir
     ) from error
 
 from lightning_lrbs import callback as _callback
+from lightning_lrbs import plugin as _plugin
 
-__all__ = ["BatchScalingCallback"]
+__all__ = ["BatchScalingCallback", "EnvironmentBatchScalingCallback"]
 
 
 # The two bases annotate their hooks with their own namespace's Trainer; at run time both are the same code.
@@ -52,3 +53,8 @@ class BatchScalingCallback(_callback.BatchScalingCallback, pytorch_lightning.Cal
     """
 
     _pl: ClassVar[ModuleType] = pytorch_lightning
+
+
+class EnvironmentBatchScalingCallback(_plugin.EnvironmentBatchScalingCallback, BatchScalingCallback):  # type: ignore[misc]
+    """:class:`lightning_lrbs.plugin.EnvironmentBatchScalingCallback` for ``pytorch_lightning.Trainer``: what the
+    entry point ``pytorch_lightning.callbacks_factory`` adds when ``LRBS_*`` variables are set."""

@@ -38,6 +38,7 @@ class Summary(Component):
     ) -> None:
         self.scaling, self.warmup, self.time_constants, self.parts = scaling, warmup, time_constants, list(parts)
         self.components: list[Component] = []  # every component (the callback sets it): their metrics are logged
+        self.note = ""  # what ends the line, e.g. where the settings came from
         self.text = ""
 
     def setup(self, fit: Fit | None) -> None:
@@ -78,7 +79,7 @@ class Summary(Component):
             parallel=strategy.describe(trainer),
         )
         text += self.scaling.describe(scale) + "".join(part.describe(scale) for part in self.parts)
-        self.text = text + self.scaling.describe_last()
+        self.text = text + self.scaling.describe_last() + self.note
         fit.info(self.text)
         lr_names = lrbs_lr_names(optimizers)
         metrics = scale_metrics(scale.effective, lr_names, fit.callback.scale_factors)
