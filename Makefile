@@ -29,7 +29,7 @@ OLDEST_DESELECT := \
 	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
 	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
 
-.PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier clean
+.PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier gpu-check clean
 
 venv: $(VENV)/.deps
 
@@ -109,6 +109,10 @@ frontier: install
 	$(BIN)/python benchmarks/frontier.py --model cnn --data-dir $(DATA_DIR) --scales 1 4 16 64 --eval-subset 1000 \
 		--base-lr-start 0.05 --max-steps 4000 $(FRONTIER_ARGS) > docs/frontier/cnn.log 2>&1 && wait $$mlp
 	$(BIN)/python benchmarks/frontier.py --report
+
+# What only a GPU can check (FSDP, DeepSpeed, CUDA AMP, NCCL; benchmarks/gpu_check.py, about 5 min on one GPU).
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out docs/gpu_check.md
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache docs/_build docs/reference/generated

@@ -4,7 +4,11 @@ resume is exact, and what cannot follow is refused before anything changes."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import subprocess
+import sys
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -13,11 +17,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
-from lrbs_testing import quiet_trainer
+from lrbs_testing import SCRIPTS, quiet_trainer, rank_results, script_env
 from torch.utils.data import DataLoader
 
 from lightning_lrbs import BatchScalingCallback
 from lightning_lrbs.batch_ramp import BatchRamp, aligned
+from lightning_lrbs.preview import preview
 
 REL = 1e-9
 # Per-device batch 4, target accumulation 4 (batch 16), ramp 4 → 16 by 4 every 32 samples (96 samples); 16 batches an
@@ -216,3 +221,125 @@ class TestRefusals:
         # while training, is refused at fit start
         with pytest.raises(ValueError, match="grows the batch through Lightning's gradient accumulation, and Manual"):
             ramp_fit(tmp_path, Manual(), accumulate_grad_batches=1, callback={"batch_ramp": (4, 4, 96)})
+
+
+class TestPreview:
+    def test_the_preview_of_a_ramp_equals_the_fit(self, tmp_path: Path) -> None:
+        model = Ramped()
+        ramp_fit(tmp_path, model, callback={"warmup_steps": 3})
+        shown = preview(
+            Ramped(),
+            batches_per_epoch=16,
+            max_epochs=3,
+            per_device_batch_size=4,
+            accumulation=4,
+            base_batch_size=4,
+            warmup_steps=3,
+            batch_ramp=(4, 4, 96),
+        )
+        assert shown.effective_batch_sizes == model.effective
+        assert shown.applied["lr-SGD"] == pytest.approx(model.lrs, rel=REL)
+        assert shown.summary.endswith("; batch ramp 4 → 16: +4 every 32 samples (96 samples)")
+
+    def test_the_preview_stops_at_max_steps_of_the_target_batch(self) -> None:
+        shown = preview(
+            Ramped(scheduler=None),
+            batches_per_epoch=16,
+            max_steps=5,
+            per_device_batch_size=4,
+            accumulation=4,
+            batch_ramp=(4, 4, 96),
+        )
+        consumed = list(accumulate(shown.effective_batch_sizes))
+        assert consumed[-1] >= 80 > consumed[-2]  # 5 × 16 samples
+
+    def test_the_command_line_takes_a_ramp(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from lightning_lrbs.__main__ import main
+
+        argv = ["preview", "test_batch_ramp.Ramped", "--batches-per-epoch", "16", "--max-epochs", "3"]
+        argv += ["--batch-size", "4", "--accumulation", "4", "--base-batch-size", "4", "--batch-ramp", "4", "4", "96"]
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        assert "effective batch 4 = 4 per device; base 4; rule linear → LR ×1" in printed
+        assert "batch ramp 4 → 16: +4 every 32 samples (96 samples)" in printed
+        assert f"{len(ACCUMULATIONS)} optimizer steps" in printed
+
+
+@pytest.mark.slow
+def test_ddp_ranks_grow_the_batch_together_as_the_preview_shows(tmp_path: Path) -> None:
+    """2 processes, 8 per device, accumulation 4 (batch 64), ramp 16 → 64 by 16 every 64 samples: both ranks change the
+    accumulation at the same steps, and every step's LR is the preview's."""
+    callback = {"base_batch_size": 16, "batch_ramp": [16, 16, 192], "log_lr": False}
+    config = {"strategy": "ddp", "dp": 2, "accumulation": 4, "max_steps": 6, "callback": callback}
+    command = [sys.executable, str(SCRIPTS / "parallel_fit.py"), str(tmp_path), json.dumps(config)]
+    subprocess.run(command, env=script_env(), check=True, timeout=600)
+    ranks = rank_results(tmp_path)
+    assert ranks[0]["lrs"] == ranks[1]["lrs"]
+    assert ranks[0]["accumulations"] == ranks[1]["accumulations"]
+    assert ranks[0]["accumulations"][0] == 1
+    assert ranks[0]["accumulations"][-1] == 4
+    spec = importlib.util.spec_from_file_location("parallel_fit", SCRIPTS / "parallel_fit.py")
+    assert spec is not None
+    assert spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shown = preview(
+        script.MLP(config), batches_per_epoch=32, max_steps=6, per_device_batch_size=8, devices=2, accumulation=4,
+        base_batch_size=16, batch_ramp=(16, 16, 192),
+    )  # fmt: skip
+    assert [size // 16 for size in shown.effective_batch_sizes] == ranks[0]["accumulations"]
+    assert shown.applied["lr-SGD"] == pytest.approx(ranks[0]["lrs"], rel=REL)
+
+
+class TestNextToLightning:
+    def test_an_exception_gives_the_trainer_its_accumulation_and_max_steps_back(self, tmp_path: Path) -> None:
+        class Fails(Ramped):
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                if self.trainer.global_step == 9:
+                    raise RuntimeError("boom")
+                return super().training_step(batch, batch_idx)
+
+        model = Fails()
+        with pytest.raises(RuntimeError, match="boom"):
+            ramp_fit(tmp_path, model, max_epochs=-1, max_steps=20)
+        assert model.accumulations[-1] == 2  # it failed while the ramp had the accumulation at 2
+        assert model.trainer.accumulate_grad_batches == 4
+        assert model.trainer.max_steps == 20
+
+    def test_a_learning_rate_finder_sweeps_first_then_the_ramp_runs(self, tmp_path: Path) -> None:
+        from lightning.pytorch.callbacks import LearningRateFinder
+
+        model = Ramped(scheduler=None)
+        finder = LearningRateFinder(num_training_steps=5, early_stop_threshold=None, update_attr=False)
+        ramp_fit(tmp_path, model, callbacks=[finder])
+        assert finder.optimal_lr is not None  # it swept
+        assert model.accumulations == ACCUMULATIONS  # then the ramp ran from its start
+        assert model.lrs == pytest.approx([0.1 * a for a in ACCUMULATIONS], rel=REL)
+
+    def test_a_group_added_by_backbone_finetuning_follows_the_ramp(self, tmp_path: Path) -> None:
+        from lightning.pytorch.callbacks import BackboneFinetuning
+
+        class Backbone(Ramped):
+            def __init__(self) -> None:
+                super().__init__(scheduler=None)
+                self.backbone = torch.nn.Linear(32, 32)
+                self.all_lrs: list[list[float]] = []
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.layer(self.backbone(x))
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.layer.parameters(), lr=0.1)
+
+            def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+                super().on_before_optimizer_step(optimizer)
+                self.all_lrs.append([float(g["lr"]) for g in optimizer.param_groups])
+
+        model = Backbone()
+        finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=1, backbone_initial_ratio_lr=0.1, verbose=False)
+        ramp_fit(tmp_path, model, callbacks=[finetuning])
+        # epoch 1 starts at accumulation 3 (LR 0.3): the backbone group is added at 0.1 × that, then the ramp's step
+        # to 4 scales both by 4/3
+        epoch_one = model.all_lrs[12:]
+        assert epoch_one[0] == pytest.approx([0.3, 0.03], rel=REL)
+        assert epoch_one[4] == pytest.approx([0.4, 0.04], rel=REL)

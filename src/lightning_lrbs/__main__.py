@@ -33,7 +33,15 @@ _TRAINER_KEYS = {
     "max_steps": "max_steps",
     "batches_per_epoch": "limit_train_batches",
 }
-_CALLBACK_KEYS = ("base_batch_size", "rule", "warmup_steps", "warmup_epochs", "warmup_start_factor", "batch_size")
+_CALLBACK_KEYS = (
+    "base_batch_size",
+    "rule",
+    "warmup_steps",
+    "warmup_epochs",
+    "warmup_start_factor",
+    "batch_size",
+    "batch_ramp",
+)
 
 
 def _import(path: str) -> Any:
@@ -95,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--warmup-start-factor", type=float)
+    p.add_argument("--batch-ramp", type=int, nargs=3, metavar=("START", "INCREMENT", "SAMPLES"), help="grow the batch")
     p.add_argument("--plot", default=None, help="write a PNG of the scheduled and applied LR against steps here")
     p.add_argument("--every", type=int, default=0, help="also print the LRs of every N-th step (0: none)")
     return parser
@@ -107,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("batches_per_epoch", "max_epochs", "max_steps", "batch_size", "devices", "nodes", "accumulation"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    for name in ("base_batch_size", "rule", "warmup_steps", "warmup_epochs", "warmup_start_factor"):
+    for name in ("base_batch_size", "rule", "warmup_steps", "warmup_epochs", "warmup_start_factor", "batch_ramp"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.init_args is not None:
@@ -140,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup_steps=settings.get("warmup_steps", 0),
             warmup_epochs=settings.get("warmup_epochs", 0.0),
             warmup_start_factor=settings.get("warmup_start_factor"),
+            batch_ramp=settings.get("batch_ramp"),
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

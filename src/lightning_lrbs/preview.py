@@ -34,6 +34,7 @@ from typing import Any
 from torch.optim import Optimizer
 
 from lightning_lrbs.batch import check_positive_int, effective_batch_size
+from lightning_lrbs.batch_ramp import BatchRamp, aligned
 from lightning_lrbs.rescale import rescale_, scalable_groups
 from lightning_lrbs.rules import Rule, scale_factor, validate_rule
 from lightning_lrbs.summary import describe_scaling, optimizer_names
@@ -67,14 +68,15 @@ class SchedulePreview:
 
     Attributes:
         summary: The line :class:`~lightning_lrbs.BatchScalingCallback` logs when training starts.
-        effective_batch_size: :math:`B_\\text{eff}`.
-        scale_factors: The LR factor of each optimizer.
+        effective_batch_size: :math:`B_\\text{eff}` at the first step.
+        scale_factors: The LR factor of each optimizer at the first step.
         warmup_steps: The warmup length :math:`W` in optimizer steps.
         steps: The optimizer steps :math:`t = 0, 1, \\dots`.
         scheduled: For each param group, by ``LearningRateMonitor``'s name (``lr-SGD``, ``lr-SGD/pg2``), the LR in
             ``param_group["lr"]`` at each step: what ``LearningRateMonitor`` logs.
         applied: The same with the warmup applied: the LR each optimizer step uses (``lrbs/lr-...``).
         notes: What the preview could not follow (a ``ReduceLROnPlateau`` held constant).
+        effective_batch_sizes: The effective batch of each optimizer step (it grows under a ``batch_ramp``).
     """
 
     summary: str
@@ -85,6 +87,7 @@ class SchedulePreview:
     scheduled: dict[str, list[float]]
     applied: dict[str, list[float]]
     notes: list[str] = field(default_factory=list)
+    effective_batch_sizes: list[int] = field(default_factory=list)
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """Write a PNG: applied LR (solid) and scheduled LR (dashed) against optimizer steps, one colour per group.
@@ -143,6 +146,7 @@ def preview_schedule(
     warmup_start_factor: float | None = None,
     step_scheduler: Callable[[Any], None] | None = None,
     names: Sequence[str] | None = None,
+    batch_ramp: tuple[int, int, int] | None = None,
 ) -> SchedulePreview:
     r"""The LR every param group will use at every optimizer step of a fit with ``BatchScalingCallback``.
 
@@ -165,13 +169,17 @@ def preview_schedule(
         step_scheduler: Steps one scheduler (default ``scheduler.step()``); :func:`preview` passes the module's
             ``lr_scheduler_step``.
         names: The name of each optimizer in the summary; default ``LearningRateMonitor``'s.
+        batch_ramp: As in :class:`~lightning_lrbs.BatchScalingCallback`: the accumulation grows from
+            ``start / (per-device batch × devices × nodes)`` to ``accumulation`` where the windows align, the LR
+            follows each change, per-step schedulers (``frequency=1``), the warmup and ``max_steps`` count steps at the
+            target batch from the samples (:mod:`lightning_lrbs.batch_ramp`).
 
     Returns:
         A :class:`SchedulePreview`.
 
     Raises:
         ValueError: If an argument is invalid (named in the message), or for ``rule="adascale"``, whose factor is
-            measured while training.
+            measured while training, or a ``batch_ramp`` whose batches are not whole numbers of micro-batch rounds.
 
     Example::
 
@@ -220,7 +228,17 @@ def preview_schedule(
     # Deep copies that share the parameters: nothing here steps an optimizer, so the parameters are never touched.
     memo: dict[int, Any] = {id(p): p for o in given for group in o.param_groups for p in group["params"]}
     opts, specs = copy.deepcopy((given, specs), memo)
-    effective = effective_batch_size(per_device, accumulation, devices * nodes)
+    round_size, ramp = per_device * devices * nodes, None if batch_ramp is None else BatchRamp.from_argument(batch_ramp)
+    target = round_size * accumulation
+    now = accumulation  # the accumulation in force
+    if ramp is not None:
+        ramp.check(target, round_size)
+        if any(spec.interval == "step" and spec.frequency != 1 for spec in specs):
+            raise ValueError(
+                "`batch_ramp` steps each per-step scheduler once per target batch of samples: `frequency=1`"
+            )
+        now = ramp.accumulation(0, target, round_size)
+    effective = effective_batch_size(per_device, now, devices * nodes)
     factors = [scale_factor(effective / base, rule, o) for o in opts]
     rescale_(opts, [s.scheduler for s in specs], factors)
     per_epoch = math.ceil(batches / accumulation)
@@ -232,7 +250,7 @@ def preview_schedule(
     summary = describe_scaling(
         effective,
         [per_device],
-        accumulation,
+        now,
         base,
         rule,
         opts,
@@ -243,6 +261,8 @@ def preview_schedule(
         start_factors=starts,
         names=list(names) if names is not None else [n.label for n in found],
     )
+    if ramp is not None:
+        summary += f"; {ramp.describe(target)}"
     notes = [
         f"{type(s.scheduler).__name__} steps on a metric the preview does not have: its LR is held constant"
         for s in specs
@@ -258,30 +278,63 @@ def preview_schedule(
             if spec.interval == interval and not spec.reduce_on_plateau and index % spec.frequency == 0:
                 step_one(spec.scheduler)
 
+    first_factors = tuple(factors)  # at the first step (a ramp changes them later)
     step = 0
     epoch = 0
+    consumed, window, stepped = 0, 0, 0  # under a batch ramp: samples of the finished steps, of this window; steps
+    sizes: list[int] = []
+
+    def follow(batches_done: int) -> None:  # the accumulation the ramp asks for, where the window aligns
+        nonlocal now, factors
+        assert ramp is not None
+        wanted = ramp.accumulation(consumed, target, round_size)
+        if wanted != now and aligned(batches_done, wanted):
+            new = [scale_factor(round_size * wanted / base, rule, o) for o in opts]
+            rescale_(opts, [spec.scheduler for spec in specs], [f / old for f, old in zip(new, factors)])
+            now, factors = wanted, new
+
+    def done() -> bool:
+        if max_steps == -1:
+            return False
+        return consumed >= max_steps * target if ramp is not None else step >= max_steps
+
     with warnings.catch_warnings():
         # the copies are never stepped: torch's "lr_scheduler.step() before optimizer.step()" does not apply
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
         warnings.filterwarnings("ignore", message=r"Seems like `optimizer.step\(\)` has been overridden")
-        while (epochs is None or epoch < epochs) and (max_steps == -1 or step < max_steps):
+        while (epochs is None or epoch < epochs) and not done():
             for batch in range(batches):
+                if ramp is not None and batch == 0:
+                    follow(0)
                 last = batch + 1 == batches
-                if (batch + 1) % accumulation == 0 or last:
+                window += round_size
+                if (batch + 1) % now == 0 or last:
+                    t = step if ramp is None else consumed / target
                     for index, optimizer in enumerate(opts):
-                        w = warmup_factor(step, length, starts[index])
+                        w = warmup_factor(t, length, starts[index])
                         for group, active, name in zip(optimizer.param_groups, masks[index], group_names[index]):
                             lr = float(group["lr"])
                             scheduled[name].append(lr)
                             applied[name].append(lr * w if active else lr)
+                    sizes.append(round_size * now)
                     step += 1
-                    step_schedulers("step", batch + 1)
+                    if ramp is None:
+                        step_schedulers("step", batch + 1)
+                    else:  # per-step schedulers by samples: one step per target batch
+                        consumed, window = consumed + window, 0
+                        owed = math.floor(consumed / target + 1e-9) - stepped
+                        for _ in range(owed):
+                            step_schedulers("step", 0)
+                        stepped += owed
+                        follow(batch + 1)
                 if last:
                     step_schedulers("epoch", epoch + 1)
-                if max_steps != -1 and step >= max_steps:
+                if done():
                     break
             epoch += 1
-    return SchedulePreview(summary, effective, tuple(factors), length, list(range(step)), scheduled, applied, notes)
+    return SchedulePreview(
+        summary, effective, first_factors, length, list(range(step)), scheduled, applied, notes, sizes
+    )
 
 
 def preview(
@@ -299,6 +352,7 @@ def preview(
     warmup_steps: int = 0,
     warmup_epochs: float = 0.0,
     warmup_start_factor: float | None = None,
+    batch_ramp: tuple[int, int, int] | None = None,
 ) -> SchedulePreview:
     """Preview a ``LightningModule``'s learning rates under ``BatchScalingCallback``, without training.
 
@@ -370,4 +424,5 @@ def preview(
         warmup_epochs=warmup_epochs,
         warmup_start_factor=warmup_start_factor,
         step_scheduler=lambda scheduler: twin.lr_scheduler_step(scheduler, None),
+        batch_ramp=batch_ramp,
     )

@@ -76,10 +76,12 @@ class Recorder(pl.Callback):
 
     def __init__(self) -> None:
         self.lrs: list[float] = []
+        self.accumulations: list[int] = []
         self.noise: list[list[float]] = []
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         self.lrs.append(float(optimizer.param_groups[0]["lr"]))
+        self.accumulations.append(int(trainer.accumulate_grad_batches))
         callback = next(c for c in trainer.callbacks if isinstance(c, BatchScalingCallback))
         last = None if callback.noise is None else callback.noise.last
         if last is not None and (not self.noise or self.noise[-1][0] != trainer.global_step):
@@ -126,6 +128,7 @@ def main() -> None:
         "effective": callback.effective_batch_size,
         "factor": callback.scale_factor,
         "lrs": recorder.lrs,
+        "accumulations": recorder.accumulations,
         "noise": recorder.noise,
         "noise_scale": callback.noise_scale,
         "smoothed": None if noise is None else [noise.grad_sq_norm, noise.grad_var],
