@@ -343,3 +343,40 @@ class TestNextToLightning:
         epoch_one = model.all_lrs[12:]
         assert epoch_one[0] == pytest.approx([0.3, 0.03], rel=REL)
         assert epoch_one[4] == pytest.approx([0.4, 0.04], rel=REL)
+
+    @pytest.mark.skipif(not hasattr(importlib.import_module("lightning.pytorch.callbacks"), "EMAWeightAveraging"),
+                        reason="EMAWeightAveraging came with Lightning 2.6")  # fmt: skip
+    def test_an_ema_decay_follows_every_change(self, tmp_path: Path) -> None:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        from lightning_lrbs.sde import averaged_model_ema
+
+        decays: list[float] = []
+
+        class Recorded(Ramped):
+            def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+                super().on_before_optimizer_step(optimizer)
+                average = self.trainer.callbacks[1]._average_model  # type: ignore[attr-defined]
+                decays.append(averaged_model_ema(average)[1])  # type: ignore[index]
+
+        ramp_fit(tmp_path, Recorded(scheduler=None), callbacks=[EMAWeightAveraging(decay=0.99)])
+        assert decays == pytest.approx([0.99**a for a in ACCUMULATIONS], rel=REL)  # kappa = B_t / 4
+
+
+@pytest.mark.slow
+def test_fsdp2_grows_the_batch_as_ddp_does(tmp_path: Path) -> None:
+    callback = {"base_batch_size": 16, "batch_ramp": [16, 16, 192], "log_lr": False, "warmup_steps": 2}
+    results = {}
+    for kind in ("fsdp", "ddp"):
+        config = {"strategy": kind, "dp": 2, "accumulation": 4, "max_steps": 6, "callback": callback}
+        out = tmp_path / kind
+        out.mkdir()
+        subprocess.run(
+            [sys.executable, str(SCRIPTS / "parallel_fit.py"), str(out), json.dumps(config)],
+            env=script_env(),
+            check=True,
+            timeout=600,
+        )
+        results[kind] = rank_results(out)
+    assert results["fsdp"][0]["accumulations"] == results["ddp"][0]["accumulations"]
+    assert results["fsdp"][0]["lrs"] == pytest.approx(results["ddp"][0]["lrs"], rel=REL)

@@ -32,8 +32,11 @@ def test_a_release_checkpoint_resumes_exactly_as_the_release_continued(name: str
     model, trainer, callback = fit(name, tmp_path, ckpt_path=str(DATA / f"{name}.ckpt"))
     start = expected["global_step_at_checkpoint"]
     assert len(model.lrs) == len(expected["lrs"]) - start
+    # AdaScale's LRs follow float32 noise statistics, which the estimator now sums in one go per step (issue 18):
+    # the same values to float32 rounding
+    rel = 1e-6 if name == "adascale_invariant" else 1e-9
     for key in ("lrs", "betas", "eps"):
-        assert flat(getattr(model, key)) == pytest.approx(flat(expected[key][start:]), rel=1e-9, abs=0.0), key
+        assert flat(getattr(model, key)) == pytest.approx(flat(expected[key][start:]), rel=rel, abs=0.0), key
     if expected["noise"] is None:
         assert callback.noise is None
     else:

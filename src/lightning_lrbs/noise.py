@@ -321,11 +321,12 @@ class GradientNoiseScale:
         self.measurements = 0
         self.last: NoiseEstimate | None = None
         self._sizes: list[int] = []  # this rank's finished micro-batch sizes in the current step
+        self._scales: list[float] = []  # their loss scales
+        self._ends: list[int] = []  # where each one's squared norms end in `_parts`
         self._open: int | None = None  # size of the micro-batch whose backward is expected next
         self._loss_scale: float | None = None
-        self._parts: list[Tensor] = []  # squared norms the hooks computed for the current micro-batch
-        self._local_sq: Tensor | float = 0.0  # sum over this step's finished micro-batches of |g_j|^2 (unscaled)
-        self._handles: list[Any] = []  # hooks exist only during a measured step: other steps cost nothing
+        self._parts: list[Tensor] = []  # squared norms the hooks computed in the current step (loss-scaled)
+        self._handles: list[Any] = []  # hooks exist only during measured steps: other steps cost nothing
 
     # ------------------------------------------------------------------ results
     @property
@@ -395,17 +396,22 @@ class GradientNoiseScale:
         self._open = batch_size
         self._loss_scale = float(loss_scale)
 
-    def discard(self) -> None:
-        """Forget the current step's micro-batches (e.g. a step that is not taken) and remove the hooks."""
-        self._sizes, self._parts, self._local_sq, self._loss_scale, self._open = [], [], 0.0, None, None
-        self.remove()
+    def discard(self, keep_hooks: bool = False) -> None:
+        """Forget the current step's micro-batches (e.g. a step that is not taken) and remove the hooks (unless
+        ``keep_hooks``: they then stay, idle, for the next :meth:`micro_batch`)."""
+        self._sizes, self._scales, self._ends, self._parts = [], [], [], []
+        self._loss_scale = self._open = None
+        if not keep_hooks:
+            self.remove()
 
-    def step(self, grad_scale: float = 1.0) -> NoiseEstimate | None:
+    def step(self, grad_scale: float = 1.0, keep_hooks: bool = False) -> NoiseEstimate | None:
         """Finish a measured step: compute its estimates from the hooks' sums and ``.grad``, update the averages.
 
         Args:
             grad_scale: ``.grad`` holds ``grad_scale`` × the mean of the micro-batch gradients (``1`` when the loss
                 of each of the ``A`` micro-batches was divided by ``A``; ``k / A`` for a step of only ``k < A``).
+            keep_hooks: Keep the hooks for the next step, when it is measured too (they are registered once
+                instead of at every step; idle, each costs one Python call per backward).
 
         Returns:
             The step's unsmoothed estimate, or ``None`` if the step was not measured (no :meth:`micro_batch` call on
@@ -413,20 +419,21 @@ class GradientNoiseScale:
             then left as they were.
         """
         self._close_micro_batch()
-        sizes = self._sizes
-        local_sq = self._local_sq
-        self.discard()
+        sizes, local_sq = self._sizes, self._local_sum()
         plain_sq, sharded_sq = self._grad_sq_sums()
+        self.discard(keep_hooks)
         release = getattr(self.transform, "release", None)
         if release is not None:
             release()
         share = 1.0 / self.group_size  # each micro-batch counts once over the ranks that compute it
-        totals = self._all_reduce(local_sq, [sum(share / b for b in sizes), share * len(sizes), sharded_sq])
-        sum_sq, inv_sizes, k = totals[0], totals[1], int(round(totals[2]))
+        sum_sq, sq_sum, inv_sizes, count = self._totals(
+            local_sq, plain_sq, sharded_sq, sum(share / b for b in sizes), share * len(sizes)
+        )
+        k = int(round(count))
         if k < 2:
             return None
         mean_sq = sum_sq / k
-        sq_of_mean = (plain_sq + totals[3]) / grad_scale**2
+        sq_of_mean = sq_sum / grad_scale**2
         small = k / inv_sizes  # harmonic mean of the micro-batch sizes
         big = k * small
         estimate = NoiseEstimate(
@@ -475,14 +482,19 @@ class GradientNoiseScale:
 
     # ------------------------------------------------------------------ internals
     def _make_hook(self, param: Tensor) -> Callable[[Tensor], None]:
+        transform, share = self.transform, 1.0 / self.group_size
+
         def hook(grad: Tensor) -> None:
             if self._loss_scale is None:
                 return
-            g = grad.detach()
-            if self.transform is not None:
-                g = self.transform(param, g)
-            sq = local_sq_norm(g)  # a DTensor's share (sharded or tensor-parallel); a plain tensor's whole
-            self._parts.append(sq if is_dtensor(g) or self.group_size == 1 else sq / self.group_size)
+            g = grad if transform is None else transform(param, grad)
+            if is_dtensor(g):
+                self._parts.append(local_sq_norm(g))  # a DTensor's share (sharded or tensor-parallel)
+                return
+            flat = g.detach().reshape(-1)
+            flat = flat if flat.dtype == torch.float32 else flat.float()
+            sq = torch.dot(flat, flat)  # a plain tensor's whole, counted once over the ranks that compute it
+            self._parts.append(sq if share == 1.0 else sq * share)
 
         return hook
 
@@ -493,15 +505,29 @@ class GradientNoiseScale:
         return len(self._sizes)
 
     def _close_micro_batch(self) -> None:
-        """Fold the open micro-batch into the step's sums; one whose backward never ran (e.g. `training_step`
-        returned None) is dropped."""
-        if self._open is not None and self._parts and self._loss_scale is not None:
-            self._local_sq = self._local_sq + torch.stack(self._parts).sum() / self._loss_scale**2
+        """Fold the open micro-batch into the step's lists (no tensor work); one whose backward never ran (e.g.
+        `training_step` returned None) is dropped."""
+        start = self._ends[-1] if self._ends else 0
+        if self._open is not None and len(self._parts) > start and self._loss_scale is not None:
             self._sizes.append(self._open)
+            self._scales.append(self._loss_scale)
+            self._ends.append(len(self._parts))
+        else:
+            del self._parts[start:]
         self._open = None
-        self._parts = []
 
-    def _grad_sq_sums(self) -> tuple[float, float]:
+    def _local_sum(self) -> Tensor | float:
+        r""":math:`\sum_j |g_j|^2` of this rank's micro-batches, the loss scales divided out (one sum when they are
+        equal, as within a step they are)."""
+        parts, scales = self._parts, self._scales
+        if not parts:
+            return 0.0
+        if all(scale == scales[0] for scale in scales):
+            return torch.stack(parts).sum() / scales[0] ** 2
+        starts = [0, *self._ends[:-1]]
+        return sum(torch.stack(parts[a:b]).sum() / s**2 for a, b, s in zip(starts, self._ends, scales))
+
+    def _grad_sq_sums(self) -> tuple[Tensor | float, Tensor | float]:
         """:math:`|\bar g|^2` from ``.grad``: the plain tensors' part (the same on every rank) and this rank's share of
         the ``DTensor``\\ s' part (:func:`~lightning_lrbs.sharding.local_sq_norm`, to be summed over ranks)."""
         plain: list[Tensor] = []
@@ -513,21 +539,29 @@ class GradientNoiseScale:
             if self.transform is not None:
                 g = self.transform(p, g)
             (sharded if is_dtensor(g) else plain).append(local_sq_norm(g))
-        plain_sq = float(torch.stack(plain).sum()) if plain else 0.0
-        return plain_sq, float(torch.stack(sharded).sum()) if sharded else 0.0
+        return (torch.stack(plain).sum() if plain else 0.0), (torch.stack(sharded).sum() if sharded else 0.0)
 
-    def _all_reduce(self, local_sq: Tensor | float, values: list[float]) -> list[float]:
-        """``[local_sq, *values]`` summed over ranks (one all-reduce, one host sync)."""
+    def _totals(
+        self, local_sq: Tensor | float, plain_sq: Tensor | float, sharded_sq: Tensor | float, inv: float, count: float
+    ) -> list[float]:
+        """``[Σ_j |g_j|², |ḡ|², Σ 1/b_j, k]`` over all ranks, with one host sync: the per-rank sums, the sharded part of
+        :math:`|\bar g|^2` and the counts are all-reduced (when distributed), its plain part, the same on every rank,
+        is taken once."""
         dist = torch.distributed
         sync = self.sync
         if sync is None:
             sync = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        device = local_sq.device if isinstance(local_sq, Tensor) else self.params[0].device
+        tensors = (local_sq, plain_sq, sharded_sq)
+        device = next((v.device for v in tensors if isinstance(v, Tensor)), self.params[0].device)
         if sync and dist.get_backend() == "nccl" and device.type != "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        tensor = torch.tensor([0.0, *values], dtype=dtype, device=device)
-        tensor[0] = local_sq
-        if sync:
-            dist.all_reduce(tensor)
+        sums = torch.stack([torch.as_tensor(v, dtype=dtype, device=device) for v in tensors])
+        if not sync:
+            local, plain, sharded = sums.tolist()
+            return [local, plain + sharded, inv, count]
+        counts = torch.tensor([inv, count], dtype=dtype, device=device)
+        # the plain part from every rank: each gives a world-th of it
+        tensor = torch.cat([sums[:1], sums[1:2] / dist.get_world_size() + sums[2:], counts])
+        dist.all_reduce(tensor)
         return [float(v) for v in tensor.tolist()]

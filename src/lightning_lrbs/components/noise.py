@@ -52,6 +52,8 @@ class NoiseScale(Component):
 
     def setup(self, fit: Fit | None) -> None:
         self.estimator: GradientNoiseScale | None = None
+        self._replicas = 1  # data-parallel replicas: micro-batches per step = replicas × accumulation
+        self._ready = False  # the preconditioner has the optimizer's state (it keeps it once it has)
         self._state: dict[str, Any] | None = None  # from a checkpoint, loaded into the estimator at train start
         self.line = ""  # the epoch's report line
         self._warned = set()
@@ -75,9 +77,10 @@ class NoiseScale(Component):
         optimizers = fit.trainer.optimizers
         params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
         transform = preconditioner(optimizers[0]) if self.adascale else None
-        group = strategy.parallelism(fit.trainer).group_size  # the tensor-parallel ranks compute the same batches
+        layout = strategy.parallelism(fit.trainer)  # the tensor-parallel ranks of a replica compute the same batches
+        self._replicas = layout.replicas
         self.estimator = GradientNoiseScale(
-            params, smoothing=self.smoothing, transform=transform, modules=[fit.module], group_size=group
+            params, smoothing=self.smoothing, transform=transform, modules=[fit.module], group_size=layout.group_size
         )
         if self._state is not None:
             self.estimator.load_state_dict(self._state)
@@ -85,14 +88,30 @@ class NoiseScale(Component):
     def measuring(self, fit: Fit) -> bool:
         """Whether this optimizer step is measured (on every rank alike: the estimator's ``step`` all-reduces)."""
         trainer = fit.trainer
-        return (
-            self.estimator is not None
-            and trainer.global_step % self.every_n_steps == 0
-            and strategy.micro_batches(trainer, trainer.accumulate_grad_batches) >= 2
-            and (not self.adascale or preconditioner_ready(trainer.optimizers[0]))
-        )
+        if self.estimator is None or trainer.global_step % self.every_n_steps:
+            return False
+        if self._replicas * trainer.accumulate_grad_batches < 2:
+            return False
+        if self.adascale and not self._ready:
+            self._ready = preconditioner_ready(trainer.optimizers[0])
+        return not self.adascale or self._ready
+
+    def _check_params(self, fit: Fit) -> None:
+        """Warn once when parameters were added or unfrozen since training started (checked at epoch starts and at
+        the end, not in every step: it reads every parameter)."""
+        noise = self.estimator
+        if noise is not None and noise.measurements and _trainable_param_count(fit.trainer) > len(noise.params):
+            self._warn_once(
+                fit,
+                "params",
+                "parameters were added to the optimizers or unfrozen after training started (BackboneFinetuning, "
+                "`optimizer.add_param_group`): the gradient noise scale is measured on the parameters trainable "
+                "when training started only"
+                + ("; rule='adascale' applies their gain to the new ones too" if self.adascale else ""),
+            )
 
     def on_train_epoch_start(self, fit: Fit) -> None:
+        self._check_params(fit)
         accumulation = self.batch.accumulation_now(fit)
         if self.estimator is not None and strategy.micro_batches(fit.trainer, accumulation) < 2:
             self._warn_once(
@@ -122,16 +141,8 @@ class NoiseScale(Component):
         noise = self.estimator
         if noise is None or not self.measuring(fit):
             return
-        noise.step(grad_scale=precision.step_grad_scale(fit.trainer, optimizer, noise.local_micro_batches))
-        if _trainable_param_count(fit.trainer) > len(noise.params):
-            self._warn_once(
-                fit,
-                "params",
-                "parameters were added to the optimizers or unfrozen after training started (BackboneFinetuning, "
-                "`optimizer.add_param_group`): the gradient noise scale is measured on the parameters trainable "
-                "when training started only"
-                + ("; rule='adascale' applies their gain to the new ones too" if self.adascale else ""),
-            )
+        grad_scale = precision.step_grad_scale(fit.trainer, optimizer, noise.local_micro_batches)
+        noise.step(grad_scale=grad_scale, keep_hooks=self.every_n_steps == 1)  # measured every step: hooks stay
 
     def commit(self, fit: Fit, scale: Scale) -> None:
         self.line = ""  # it describes the effective batch, which just changed: rewritten at the epoch's end
@@ -148,6 +159,7 @@ class NoiseScale(Component):
             self._warn_far_beyond(fit)
 
     def on_train_end(self, fit: Fit) -> None:
+        self._check_params(fit)
         self.close(fit)
         self._warn_far_beyond(fit)
 
