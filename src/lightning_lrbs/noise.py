@@ -265,8 +265,11 @@ class GradientNoiseScale:
 
     Per-parameter hooks (``Tensor.register_hook``) add up :math:`|g_j|^2` of every micro-batch gradient as backward
     computes it: the local gradient, before DDP averages it over ranks and before it is added into ``.grad``. The
-    hooks are registered by the first :meth:`micro_batch` of a step and removed by :meth:`step`, so steps that are
-    not measured cost nothing.
+    hooks are registered by the first :meth:`micro_batch` of a step and removed by :meth:`step` (or kept for the next
+    step with ``keep_hooks=True`` when every step is measured), so steps that are not measured cost nothing. A hook
+    only appends its parameter's squared norm; :meth:`step` sums them and reads every total in one host sync. Under
+    FSDP2 the hooks sit on the unsharded parameters, and ``DTensor`` gradients count each piece once over the ranks
+    (:mod:`lightning_lrbs.sharding`).
     :meth:`step` takes :math:`L = |\bar g|^2` from ``.grad`` (the mean over micro-batches and ranks), all-reduces the
     per-rank sums when ``torch.distributed`` is initialized, computes the two-batch estimates
     (:func:`grad_sq_norm_estimate`, :func:`grad_var_estimate`) and folds them into bias-corrected moving averages.
