@@ -154,3 +154,17 @@ class TestResume:
         assert resumed[0]["factor"] == 1.0
         assert resumed[0]["lrs"] == pytest.approx([0.05] * 4, rel=REL_LR)  # the checkpoint held 0.1 (×2)
         assert "(resumed at ×2, rescaled)" in resumed[0]["summary"]
+
+
+class TestRefusals:
+    def test_adascale_with_adam_under_tensor_parallelism_is_refused_at_fit_start(self, tmp_path: Path) -> None:
+        config = {"strategy": "tp", "dp": 1, "tp": 2, "accumulation": 2, "optimizer": "adam"}
+        config["callback"] = {"base_batch_size": 8, "rule": "adascale"}
+        command = [sys.executable, str(SCRIPTS / "parallel_fit.py"), str(tmp_path), json.dumps(config)]
+        result = subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode != 0
+        assert "rule='adascale' measures Adam's noise on its preconditioned gradients, which is not supported " in (
+            result.stderr
+        )
+        assert "under tensor parallelism (tensor_parallel_size > 1): use SGD" in result.stderr
+        assert not (tmp_path / "rank0.json").exists()  # no fit ran
