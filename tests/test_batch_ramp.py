@@ -313,8 +313,12 @@ class TestNextToLightning:
         finder = LearningRateFinder(num_training_steps=5, early_stop_threshold=None, update_attr=False)
         ramp_fit(tmp_path, model, callbacks=[finder])
         assert finder.optimal_lr is not None  # it swept
-        assert model.accumulations == ACCUMULATIONS  # then the ramp ran from its start
-        assert model.lrs == pytest.approx([0.1 * a for a in ACCUMULATIONS], rel=REL)
+        # then the ramp ran from its start (Lightning < 2.5's sweep also uses up batches of the first epoch, so the
+        # epochs' lengths, and with them where the accumulation changes, depend on the version)
+        assert model.accumulations[0] == 1
+        assert model.accumulations[-1] == 4
+        assert model.accumulations == sorted(model.accumulations)
+        assert model.lrs == pytest.approx([0.1 * a for a in model.accumulations], rel=REL)
 
     def test_a_group_added_by_backbone_finetuning_follows_the_ramp(self, tmp_path: Path) -> None:
         from lightning.pytorch.callbacks import BackboneFinetuning

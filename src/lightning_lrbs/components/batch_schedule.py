@@ -64,7 +64,6 @@ class BatchSchedule(Component):
         self._held: tuple[Any, Any, list[int]] | None = None
         self._schedule: ScaleInvariantSchedule | None = None
         self._state: dict[str, Any] | None = None
-        self._last_step = 0
 
     @property
     def target(self) -> int | None:
@@ -136,7 +135,6 @@ class BatchSchedule(Component):
         if self._state is not None:  # resumed: the samples so far and the schedulers' steps taken
             self.consumed = float(self._state["consumed"])
             self._schedule.stepped = [int(n) for n in self._state["stepped"]]
-        self._last_step = fit.trainer.global_step
         self._follow(fit, batches=0)
         if self._planned is not None and self._schedule.done(self.progress):
             fit_loop.stop_after_this_step(fit.trainer)
@@ -149,15 +147,15 @@ class BatchSchedule(Component):
         ``max_steps`` target-batch steps are done, and grow the accumulation where the next window aligns."""
         trainer = fit.trainer
         self._window += self._round or 0
-        if trainer.global_step == self._last_step:  # still accumulating
-            return
-        self._last_step = trainer.global_step
+        batches = fit_loop.batches_this_epoch(trainer)
+        if batches % trainer.accumulate_grad_batches and batches != trainer.num_training_batches:
+            return  # still accumulating: Lightning steps when the batches divide by it, or at the epoch's last batch
         self.consumed, self._window = self.consumed + self._window, 0
         assert self._schedule is not None
         self._schedule.advance(self.progress)
         if self._planned is not None and self._schedule.done(self.progress):
             fit_loop.stop_after_this_step(trainer)
-        self._follow(fit, batches=fit_loop.batches_this_epoch(trainer))
+        self._follow(fit, batches=batches)
 
     def _follow(self, fit: Fit, batches: int) -> None:
         """Set the accumulation the ramp asks for after ``batches`` batches of this epoch, if the window aligns."""
