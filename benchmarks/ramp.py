@@ -55,7 +55,7 @@ from lightning_lrbs.sde import scale_beta, scale_eps  # noqa: E402
 OUT_DIR = ROOT / "docs" / "ramp"
 ROUND = BASE_BATCH  # the per-device micro-batch: one device, so the batch grows by accumulation
 DIVERGE_FACTOR = 10.0
-TRACE_FIELDS = ["label", "step", "samples", "batch", "lr", "loss", "simple", "hessian"]
+TRACE_FIELDS = ["label", "step", "samples", "batch", "lr", "loss", "simple", "hessian", "g2", "trs", "ghg", "trhs"]
 
 
 @dataclass(frozen=True)
@@ -193,45 +193,82 @@ class Ramp:
 
 
 class NoiseDoubling:
-    """Double the batch (never shrink, up to ``target``) once the smoothed noise scale ``signal`` passes ``k`` times
-    the batch, after at least ``warm`` measurements of it.
+    r"""Double the batch (never shrink, up to ``target``) when a measured signal says the doubled batch pays, after at
+    least ``warm`` measurements of it.
 
-    Signals, each the ratio of two bias-corrected EMAs (numerator and denominator smoothed apart, as
-    ``lightning_lrbs.noise`` does): ``simple``: ``tr(Sigma) / |G|^2``, McCandlish et al.'s simple noise scale, from the
-    two half-batch gradients of each step (the package's two-batch estimates); ``hessian``: ``tr(H Sigma) / G^T H G``,
-    their Hessian-weighted B_noise, with the Hessian of an independent batch of 256 training images (double backward).
-    Both are tracked whenever measured; ``signal`` decides.
+    Measured (bias-corrected EMAs, each quantity smoothed apart, as ``lightning_lrbs.noise`` does): from the two
+    half-batch gradients of every step, :math:`|G|^2` and :math:`tr(Sigma)` (the package's two-batch estimates);
+    with ``hessian_every``, from Hessian-vector products on an independent batch of 256 training images (double
+    backward), :math:`G^T H G` and :math:`tr(H Sigma)`. Signals:
+
+    - ``simple``: McCandlish et al.'s simple noise scale :math:`tr(Sigma) / |G|^2`; doubles when it is at least ``k``
+      times the batch.
+    - ``hessian``: their Hessian-weighted :math:`B_noise = tr(H Sigma) / G^T H G`; doubles when at least ``k`` times
+      the batch.
+    - ``progress``: the quadratic model's loss decrease per sample of one step at batch :math:`B` with the LR
+      :math:`\eta(B)` the rule gives it (``lr_at``, the effective LR), :math:`p(B) = [\eta|G|^2 - \eta^2 (G^T H G +
+      tr(H Sigma)/B) / 2] / B`; doubles when :math:`p(2B) \ge (1 - k)\, p(B) > 0`: ``k`` is the loss of
+      progress per sample tolerated.
     """
 
     measures = True
 
-    def __init__(self, signal: str, k: float, target: int, smoothing: float = 0.95, warm: int = 10) -> None:
-        self.signal, self.k, self.target, self.warm = signal, k, target, warm
-        self.emas = {key: (BiasCorrectedEMA(smoothing), BiasCorrectedEMA(smoothing)) for key in ("simple", "hessian")}
-        self.measurements = dict.fromkeys(self.emas, 0)
+    def __init__(
+        self, signal: str, k: float, target: int, smoothing: float = 0.95, warm: int = 10,
+        lr_at: Callable[[int], float] | None = None,
+    ) -> None:  # fmt: skip
+        self.signal, self.k, self.target, self.warm, self.lr_at = signal, k, target, warm, lr_at
+        self.emas = {key: BiasCorrectedEMA(smoothing) for key in ("g2", "trs", "ghg", "trhs")}
+        self.measurements = {"simple": 0, "hessian": 0}
         self.accumulation = 1
 
+    def _ema(self, key: str) -> float:
+        value = self.emas[key].value
+        return math.nan if value is None else value
+
     def value(self, key: str) -> float:
-        num, den = (ema.value for ema in self.emas[key])
-        if num is None or den is None:
+        """The smoothed ``simple`` or ``hessian`` noise scale (``nan`` before its first measurement)."""
+        num, den = (self._ema("trs"), self._ema("g2")) if key == "simple" else (self._ema("trhs"), self._ema("ghg"))
+        if math.isnan(num) or math.isnan(den):
             return math.nan
         return num / den if den > 0 else math.inf
 
+    def progress(self, batch: int) -> float:
+        """:math:`p(B)`, the quadratic model's loss decrease per sample of one step at ``batch``."""
+        assert self.lr_at is not None, "the progress signal needs the LR at each batch"
+        eta = self.lr_at(batch)
+        return (eta * self._ema("g2") - eta**2 * (self._ema("ghg") + self._ema("trhs") / batch) / 2) / batch
+
     @property
     def estimate(self) -> float:
+        if self.signal == "progress":
+            batch = self.accumulation * ROUND
+            return self.progress(2 * batch) / self.progress(batch)
         return self.value(self.signal)
+
+    def raw(self) -> dict[str, float]:
+        return {key: self._ema(key) for key in self.emas}
 
     def wanted(self, consumed: float) -> int:
         return self.accumulation
 
     def observe(self, stats: dict[str, float]) -> None:
-        for key, (num, den) in self.emas.items():
+        for key in ("simple", "hessian"):
             if f"{key}_num" in stats:
-                num.update(stats[f"{key}_num"])
-                den.update(stats[f"{key}_den"])
+                num, den = ("trs", "g2") if key == "simple" else ("trhs", "ghg")
+                self.emas[num].update(stats[f"{key}_num"])
+                self.emas[den].update(stats[f"{key}_den"])
                 self.measurements[key] += 1
         batch = self.accumulation * ROUND
-        if self.measurements[self.signal] >= self.warm and batch < self.target and self.estimate >= self.k * batch:
+        decides = "simple" if self.signal == "simple" else "hessian"
+        if self.measurements[decides] < self.warm or batch >= self.target or f"{decides}_num" not in stats:
+            return
+        if self.signal == "progress":
+            now = self.progress(batch)
+            grow = now > 0 and self.progress(2 * batch) >= (1 - self.k) * now
+        else:
+            grow = self.estimate >= self.k * batch
+        if grow:
             self.accumulation *= 2
 
 
@@ -399,11 +436,12 @@ def train(
         if eval_due(step) or done:
             loss_now = mean_loss(model, data.eval_x, data.eval_y)
             estimate = getattr(schedule, "estimate", math.nan)
-            signals = {key: schedule.value(key) for key in ("simple", "hessian")} if schedule.measures else {}
+            signals = {}
+            if isinstance(schedule, NoiseDoubling):
+                signals = {"simple": schedule.value("simple"), "hessian": schedule.value("hessian"), **schedule.raw()}
             result.trace.append(
                 {"step": step, "samples": consumed, "batch": batch, "lr": optimizer.param_groups[0]["lr"],
-                 "loss": loss_now, "simple": signals.get("simple", math.nan),
-                 "hessian": signals.get("hessian", math.nan)}
+                 "loss": loss_now, **{k: signals.get(k, math.nan) for k in TRACE_FIELDS[6:]}}
             )  # fmt: skip
             if not math.isfinite(loss_now) or loss_now > DIVERGE_FACTOR * initial:
                 result.status = "diverged"
@@ -624,18 +662,27 @@ def study(args: argparse.Namespace) -> None:
         for fraction in (args.ramp_fraction / 2, args.ramp_fraction * 2):
             ramp_run(rule, 128, fraction)
         ramp_run(rule, 256, args.ramp_fraction)
+
+    def lr_at(rule: str) -> Callable[[int], float]:
+        """The effective LR (over 1 - momentum) the rule gives a batch: the progress signal's eta."""
+        return lambda batch: s.lr * scale_factor(batch / BASE_BATCH, rule) / (1 - setting.momentum)
+
+    def noise_run(rule: str, signal: str, k: float, target: int) -> None:
+        schedule = NoiseDoubling(signal, k, target, lr_at=lr_at(rule) if signal == "progress" else None)
+        s.run(f"noise {rule} {signal} k={k:g} -> {target}", "noise", schedule, rule, target=target,
+              constants=f"{signal} k={k:g}", hessian_every=args.hessian_every if signal != "simple" else 0)  # fmt: skip
+
     if "noise" in groups or "probe" in groups:
         rule = setting.ramp_rules[0]
         if "probe" in groups:  # the signals along the base run (the batch never grows)
             s.run("probe 32 simple+hessian", "probe", NoiseDoubling("simple", math.inf, ROUND), rule, target=ROUND,
                   constants="measure only", hessian_every=args.hessian_every)  # fmt: skip
         if "noise" in groups:
-            for signal in args.noise_signals:
-                for k in args.noise_k:
-                    for target in args.noise_targets:
-                        s.run(f"noise {signal} k={k:g} -> {target}", "noise", NoiseDoubling(signal, k, target), rule,
-                              target=target, constants=f"{signal} k={k:g}",
-                              hessian_every=args.hessian_every if signal == "hessian" else 0)  # fmt: skip
+            for rule in args.noise_rules or setting.ramp_rules[:1]:
+                for signal in args.noise_signals:
+                    for k in args.noise_k:
+                        for target in args.noise_targets:
+                            noise_run(rule, signal, k, target)
     print(f"[{s.name}] done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 
@@ -655,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp-fraction", type=float, default=0.25, help="ramp samples = this x the base's samples")
     p.add_argument("--cap-steps", type=float, default=1.5, help="runs stop after this x the base's steps ...")
     p.add_argument("--cap-samples", type=float, default=3.0, help="... or this x its samples")
-    p.add_argument("--noise-signals", nargs="+", default=["simple"], choices=("simple", "hessian"))
+    p.add_argument("--noise-signals", nargs="+", default=["simple"], choices=("simple", "hessian", "progress"))
+    p.add_argument("--noise-rules", nargs="+", default=None, help="noise runs under these rules (default: the first)")
     p.add_argument("--noise-k", type=float, nargs="+", default=[8.0])
     p.add_argument("--noise-targets", type=int, nargs="+", default=[128])
     p.add_argument("--hessian-every", type=int, default=5, help="Hessian-weighted signal: every n steps")
