@@ -202,7 +202,10 @@ class NoiseDoubling:
     backward), :math:`G^T H G` and :math:`tr(H Sigma)`. Signals:
 
     - ``simple``: McCandlish et al.'s simple noise scale :math:`tr(Sigma) / |G|^2`; doubles when it is at least ``k``
-      times the batch.
+      times the batch (an averaged :math:`|G|^2 \le 0` reads as an infinite noise scale, as the package reports it).
+    - ``simple_lb``: the package's 2-sigma lower bound on it (``GradientNoiseScale.noise_scale_lower_bound``:
+      :math:`tr(Sigma) / (|G|^2 + 2 se)`, se the standard error of the averaged :math:`|G|^2`); doubles when it is
+      finite and at least ``k`` times the batch: only a resolved measurement makes the batch grow.
     - ``hessian``: their Hessian-weighted :math:`B_noise = tr(H Sigma) / G^T H G`; doubles when at least ``k`` times
       the batch.
     - ``progress``: the quadratic model's loss decrease per sample of one step at batch :math:`B` with the LR
@@ -218,7 +221,8 @@ class NoiseDoubling:
         lr_at: Callable[[int], float] | None = None,
     ) -> None:  # fmt: skip
         self.signal, self.k, self.target, self.warm, self.lr_at = signal, k, target, warm, lr_at
-        self.emas = {key: BiasCorrectedEMA(smoothing) for key in ("g2", "trs", "ghg", "trhs")}
+        self.smoothing = smoothing
+        self.emas = {key: BiasCorrectedEMA(smoothing) for key in ("g2", "trs", "ghg", "trhs", "g2sq")}
         self.measurements = {"simple": 0, "hessian": 0}
         self.accumulation = 1
 
@@ -233,6 +237,15 @@ class NoiseDoubling:
             return math.nan
         return num / den if den > 0 else math.inf
 
+    def lower_bound(self) -> float:
+        """``GradientNoiseScale.noise_scale_lower_bound``'s formula on these averages."""
+        sq, var, sq2 = self._ema("g2"), self._ema("trs"), self._ema("g2sq")
+        if math.isnan(sq):
+            return math.nan
+        n = min(float(self.measurements["simple"]), (1 + self.smoothing) / (1 - self.smoothing))
+        stderr = math.sqrt(max(sq2 - sq * sq, 0.0) / max(n, 1.0))
+        return max(var, 0.0) / (sq + 2 * stderr) if sq + 2 * stderr > 0 else math.inf
+
     def progress(self, batch: int) -> float:
         """:math:`p(B)`, the quadratic model's loss decrease per sample of one step at ``batch``."""
         assert self.lr_at is not None, "the progress signal needs the LR at each batch"
@@ -244,6 +257,8 @@ class NoiseDoubling:
         if self.signal == "progress":
             batch = self.accumulation * ROUND
             return self.progress(2 * batch) / self.progress(batch)
+        if self.signal == "simple_lb":
+            return self.lower_bound()
         return self.value(self.signal)
 
     def raw(self) -> dict[str, float]:
@@ -259,13 +274,17 @@ class NoiseDoubling:
                 self.emas[num].update(stats[f"{key}_num"])
                 self.emas[den].update(stats[f"{key}_den"])
                 self.measurements[key] += 1
+        if "simple_den" in stats:
+            self.emas["g2sq"].update(stats["simple_den"] ** 2)
         batch = self.accumulation * ROUND
-        decides = "simple" if self.signal == "simple" else "hessian"
+        decides = "simple" if self.signal.startswith("simple") else "hessian"
         if self.measurements[decides] < self.warm or batch >= self.target or f"{decides}_num" not in stats:
             return
         if self.signal == "progress":
             now = self.progress(batch)
             grow = now > 0 and self.progress(2 * batch) >= (1 - self.k) * now
+        elif self.signal == "simple_lb":
+            grow = math.isfinite(self.estimate) and self.estimate >= self.k * batch
         else:
             grow = self.estimate >= self.k * batch
         if grow:
@@ -670,7 +689,8 @@ def study(args: argparse.Namespace) -> None:
     def noise_run(rule: str, signal: str, k: float, target: int) -> None:
         schedule = NoiseDoubling(signal, k, target, lr_at=lr_at(rule) if signal == "progress" else None)
         s.run(f"noise {rule} {signal} k={k:g} -> {target}", "noise", schedule, rule, target=target,
-              constants=f"{signal} k={k:g}", hessian_every=args.hessian_every if signal != "simple" else 0)  # fmt: skip
+              constants=f"{signal} k={k:g}",
+              hessian_every=args.hessian_every if signal in ("hessian", "progress") else 0)  # fmt: skip
 
     if "noise" in groups or "probe" in groups:
         rule = setting.ramp_rules[0]
@@ -702,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp-fraction", type=float, default=0.25, help="ramp samples = this x the base's samples")
     p.add_argument("--cap-steps", type=float, default=1.5, help="runs stop after this x the base's steps ...")
     p.add_argument("--cap-samples", type=float, default=3.0, help="... or this x its samples")
-    p.add_argument("--noise-signals", nargs="+", default=["simple"], choices=("simple", "hessian", "progress"))
+    p.add_argument(
+        "--noise-signals", nargs="+", default=["simple"], choices=("simple", "simple_lb", "hessian", "progress")
+    )
     p.add_argument("--noise-rules", nargs="+", default=None, help="noise runs under these rules (default: the first)")
     p.add_argument("--noise-k", type=float, nargs="+", default=[8.0])
     p.add_argument("--noise-targets", type=int, nargs="+", default=[128])

@@ -22,8 +22,8 @@ NAMES = {
 GOAL_STEPS, GOAL_SAMPLES = 0.4, 1.1  # at least 60 % fewer steps than the base, at most 1.1x its samples
 ORDER = {"base": 0, "fixed": 1, "ramp": 2, "noise": 3, "probe": 4, "search": 5}
 COLORS = {"linear": "C0", "sqrt": "C2", "sde": "C1"}
-#: The noise run drawn in the figure for each setting (the signal and k chosen on the MLP, see notes.md).
-CHOSEN: dict[str, str] = {}
+#: The noise run drawn in the figure for each setting: the `simple` signal with the k it needs on the MLP (notes.md).
+CHOSEN = dict.fromkeys(NAMES, "noise sqrt simple k=8 -> 128")
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -57,7 +57,7 @@ def settings_in(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
 def fmt_ratio(row: dict[str, Any], key: str, ratio: str) -> str:
     if row["status"] != "reached":
         return {"diverged": "diverged", "slow": "> cap"}[row["status"]]
-    return f"{num(row, key):,.0f} ({num(row, ratio):.2f}×)"
+    return f"{num(row, key):,.0f} ({num(row, ratio):.3f}×)"
 
 
 def fmt_acc(value: str) -> str:
@@ -160,9 +160,14 @@ def plot(out_dir: Path, settings: dict[str, list[dict[str, Any]]], path: Path, c
             for row, x_key in ((0, "step"), (1, "samples")):
                 axes[row][col].plot([p[x_key] for p in t], [p["loss"] for p in t], style, color=color, lw=1.3,
                                     label=label, alpha=0.9)  # fmt: skip
-            if kind in ("ramp", "noise", "base"):
+            if kind in ("ramp", "noise"):
                 axes[2][col].step([p["samples"] for p in t], [p["batch"] for p in t], style, where="post",
-                                  color=color, lw=1.3, label=label)  # fmt: skip
+                                  color=color, lw=1.3, label=f"batch: {label}")  # fmt: skip
+        probe = trace.get("probe 32 simple+hessian", [])
+        for key, color, text in (("simple", "0.5", "B_simple"), ("hessian", "C4", "B_noise (Hessian)")):
+            points = [(p["samples"], p[key]) for p in probe if 0 < p[key] < math.inf]
+            if points:
+                axes[2][col].plot(*zip(*points), color=color, lw=0.9, label=f"{text}, measured at batch 32")
         target = 0.1
         for row, x_label in ((0, "optimizer steps"), (1, "samples")):
             ax = axes[row][col]
@@ -177,9 +182,12 @@ def plot(out_dir: Path, settings: dict[str, list[dict[str, Any]]], path: Path, c
         axes[1][col].set_xlim(0, 2.0 * num(base, "samples"))
         axes[0][col].set_title(f"{NAMES[name]}\nloss against steps (dashed: 0.4 × base steps)", fontsize=8)
         axes[1][col].set_title("loss against samples (dashed: 1.1 × base samples)", fontsize=8)
-        axes[2][col].set_title("batch against samples", fontsize=8)
+        axes[2][col].set_title("batch, and the noise scales measured along the base run", fontsize=8)
         axes[2][col].set_xlabel("samples")
-        axes[2][col].set_ylabel("batch")
+        axes[2][col].set_ylabel("samples per step")
+        axes[2][col].set_yscale("log", base=2)
+        axes[2][col].set_ylim(8, 8192)
+        axes[2][col].legend(fontsize=6)
         axes[2][col].set_xlim(0, 2.0 * num(base, "samples"))
         axes[0][col].legend(fontsize=6)
     fig.tight_layout()

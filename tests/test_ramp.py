@@ -119,3 +119,14 @@ def test_noise_doubling_grows_by_two_only_past_k_times_the_batch(ramp: ModuleTyp
         noise.observe({"simple_num": value, "simple_den": 1.0, "consumed": 0.0})
         assert noise.wanted(0.0) == expected  # 4 x 32 = 128 and 4 x 64 = 256 are the thresholds; never shrinks
     assert math.isnan(ramp.NoiseDoubling("hessian", 4.0, 128).estimate)
+
+
+def test_lower_bound_signal_grows_only_on_a_resolved_measurement(ramp: ModuleType) -> None:
+    noise = ramp.NoiseDoubling("simple_lb", k=4.0, target=128, smoothing=0.5, warm=1)
+    for _ in range(5):  # |G|^2 averages below 0 by more than 2 standard errors: no finite bound, no growth
+        noise.observe({"simple_num": 1000.0, "simple_den": -1.0, "consumed": 0.0})
+    assert noise.wanted(0.0) == 1
+    assert noise.estimate == math.inf
+    for _ in range(20):  # then a steady |G|^2 = 4, tr(Sigma) = 1000: B_simple = 250: >= 4 x 32, < 4 x 64
+        noise.observe({"simple_num": 1000.0, "simple_den": 4.0, "consumed": 0.0})
+    assert noise.wanted(0.0) == 2
