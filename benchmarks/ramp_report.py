@@ -195,6 +195,50 @@ def plot(out_dir: Path, settings: dict[str, list[dict[str, Any]]], path: Path, c
     plt.close(fig)
 
 
+#: The summary's rows: a name and how to find the run in a setting (``None``: the primary ramp of that rule).
+SUMMARY = [
+    ("fixed 128, the package's rule (SGD: linear; Adam: sde)", "fixed 128 {rule}"),
+    ("fixed 128, sqrt", "fixed 128 sqrt"),
+    ("**ramp**, the package's rule", None),
+    ("**ramp**, sqrt", None),
+    ("noise `simple`, k = 8, sqrt", "noise sqrt simple k=8 -> 128"),
+    ("noise `simple_lb`, k = 4, sqrt (choice of protocol 2)", "noise sqrt simple_lb k=4 -> 128"),
+    ("noise `simple_lb`, k = 16, linear (choice of protocol 2)", "noise linear simple_lb k=16 -> 128"),
+    ("noise `hessian`, k = 0.5, sqrt (choice of protocol 1)", "noise sqrt hessian k=0.5 -> 128"),
+    ("noise `progress`, k = 0.4, linear (choice of protocol 1)", "noise linear progress k=0.4 -> 128"),
+]
+
+
+def summary(settings: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Steps and samples (× the base) of the main schedules in every setting; **bold**: meets the goal."""
+    names = list(settings)
+    lines = [
+        "| schedule (target 128) | " + " | ".join(NAMES[n].split(" (")[0] for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for i, (title, pattern) in enumerate(SUMMARY):
+        cells = []
+        for name in names:
+            rows = settings[name]
+            package_rule = "sde" if name == "cnn_adam" else "linear"
+            if pattern is None:
+                rule = package_rule if i == 2 else "sqrt"
+                found = [r for r in primary(rows) if r["rule"] == rule]
+            else:
+                found = [r for r in rows if r["label"] == pattern.format(rule=package_rule)]
+            if not found:
+                cells.append("")
+                continue
+            r = found[0]
+            if r["status"] != "reached":
+                cells.append({"diverged": "diverged", "slow": "> cap"}[r["status"]])
+                continue
+            text = f"{num(r, 'steps_vs_base'):.3f}× / {num(r, 'samples_vs_base'):.2f}×"
+            cells.append(f"**{text}**" if meets_goal(r) else text)
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(out_dir: Path) -> str:
     """The page: ``notes.md`` of ``out_dir`` followed by the tables generated from its CSVs."""
     settings = settings_in(out_dir)
@@ -206,6 +250,10 @@ def render(out_dir: Path) -> str:
         "to the base run of the same setting and seed; equal samples = the base run's samples to target "
         "(ceil(steps) × 32). Raw rows: `docs/ramp/ramp_<setting>.csv`; the loss curves: "
         "`docs/ramp/trace_<setting>.csv`.",
+        "",
+        "Steps / samples to the target loss, × the base batch's (**bold**: meets the goal):",
+        "",
+        *summary(settings),
         "",
     ]
     for name, rows in settings.items():

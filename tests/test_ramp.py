@@ -5,8 +5,10 @@ its generator."""
 
 from __future__ import annotations
 
+import csv
 import importlib
 import math
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -130,3 +132,62 @@ def test_lower_bound_signal_grows_only_on_a_resolved_measurement(ramp: ModuleTyp
     for _ in range(20):  # then a steady |G|^2 = 4, tr(Sigma) = 1000: B_simple = 250: >= 4 x 32, < 4 x 64
         noise.observe({"simple_num": 1000.0, "simple_den": 4.0, "consumed": 0.0})
     assert noise.wanted(0.0) == 2
+
+
+def test_batch_noise_module_decides_as_the_studied_rule(ramp: ModuleType) -> None:
+    """``lightning_lrbs.batch_noise.NoiseDoubling`` (the candidate's math) on ``GradientNoiseScale``'s smoothed noise
+    scale grows exactly where the study's ``simple`` runs grew."""
+    from lightning_lrbs.batch_noise import NoiseDoubling
+    from lightning_lrbs.noise import BiasCorrectedEMA
+
+    g = torch.Generator().manual_seed(5)
+    reached = set()
+    for _ in range(20):
+        study = ramp.NoiseDoubling("simple", k=8.0, target=1024)
+        rule = NoiseDoubling(start=32)
+        var, sq = BiasCorrectedEMA(0.95), BiasCorrectedEMA(0.95)
+        batch, scale = 32, 10 ** (2 * float(torch.rand(1, generator=g)) - 1)
+        for n in range(1, 300):
+            num = float(torch.rand(1, generator=g)) * 400 * n * scale / 100
+            den = float(torch.randn(1, generator=g)) + 2.0
+            study.observe({"simple_num": num, "simple_den": den, "consumed": 0.0})
+            var.update(num)
+            sq.update(den)
+            assert var.value is not None
+            assert sq.value is not None
+            noise_scale = max(var.value, 0.0) / sq.value if sq.value > 0 else math.inf  # GradientNoiseScale's
+            batch = rule.batch(batch, 1024, noise_scale, n)
+            assert batch == study.wanted(0.0) * 32
+        reached.add(batch)
+    assert len(reached) > 2  # the sequences end at different batches: the rule was exercised
+
+
+@pytest.fixture
+def report(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("ramp_report")
+
+
+@pytest.mark.slow
+def test_tiny_study_writes_every_kind_of_run_and_the_page(ramp: ModuleType, report: ModuleType, tmp_path: Path) -> None:
+    data_dir = Path(os.environ.get("LRBS_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not (data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST not found in {data_dir}: set LRBS_DATA_DIR")
+    args = ["--setting", "mlp", "--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--train-subset", "3200"]
+    args += ["--eval-subset", "500", "--target-loss", "0.8"]
+    assert ramp.main([*args, "--groups", "core"]) == 0
+    assert ramp.main([*args, "--resume", "--groups", "noise", "--noise-rules", "sqrt", "--noise-k", "1"]) == 0
+    with (tmp_path / "ramp_mlp.csv").open() as f:
+        rows = {row["label"]: row for row in csv.DictReader(f)}
+    assert {"base 32", "fixed 128 linear", "fixed 128 sqrt", "noise sqrt simple k=1 -> 128"} <= set(rows)
+    assert {row["kind"] for row in rows.values()} == {"base", "fixed", "ramp", "noise"}
+    base = rows["base 32"]
+    assert base["status"] == "reached"
+    assert int(base["budget"]) == math.ceil(float(base["steps"])) * 32
+    page = report.report(tmp_path, tmp_path / "page.md")
+    assert "| base 32 |" in page
+    assert (tmp_path / "ramp.png").stat().st_size > 10_000
+
+
+def test_page_is_the_generator_output(report: ModuleType) -> None:
+    assert report.render(REPO / "docs" / "ramp") == (REPO / "docs" / "ramp.md").read_text()
