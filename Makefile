@@ -6,6 +6,7 @@
 #   make docs   - the documentation site from docs/ into docs/_build/html (warnings are errors, links checked)
 #   make bench  - benchmarks (not part of make test)
 #   make frontier - the batch-size study of docs/frontier.md (not part of make test)
+#   make ramp   - the batch-ramp study of docs/ramp.md (not part of make test)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,7 +30,7 @@ OLDEST_DESELECT := \
 	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
 	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
 
-.PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier gpu-check clean
+.PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier ramp gpu-check clean
 
 venv: $(VENV)/.deps
 
@@ -113,6 +114,53 @@ frontier: install
 # What only a GPU can check (FSDP, DeepSpeed, CUDA AMP, NCCL; benchmarks/gpu_check.py, about 5 min on one GPU).
 gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py --out docs/gpu_check.md
+
+# The batch-ramp study of docs/ramp.md (issue 20): one process at a time on one thread (about 75 min on 2 shared CPU
+# cores), each command as docs/ramp.md lists it with its log, then the figure and the page. Not part of make test.
+RAMP := $(BIN)/python benchmarks/ramp.py --data-dir $(DATA_DIR)
+ramp: install
+	mkdir -p docs/ramp
+	for s in mlp mlp_momentum cnn cnn_adam; do $(RAMP) --setting $$s > docs/ramp/$$s.log 2>&1 || exit 1; done
+	{ $(RAMP) --setting mlp --resume --groups probe noise --noise-rules linear sqrt --noise-signals simple \
+		--noise-k 2 4 8 16 32 && \
+	  $(RAMP) --setting mlp --resume --groups noise --noise-rules linear sqrt --noise-signals hessian \
+		--noise-k 0.5 1 2 4 8 && \
+	  $(RAMP) --setting mlp --resume --groups noise --noise-rules linear sqrt --noise-signals progress \
+		--noise-k 0.05 0.1 0.2 0.4; } > docs/ramp/mlp_noise.log 2>&1
+	for s in mlp mlp_momentum cnn; do \
+	  { $(RAMP) --setting $$s --resume --groups probe noise --noise-rules linear --noise-signals progress \
+		--noise-k 0.4 --noise-targets 128 1024 && \
+	    $(RAMP) --setting $$s --resume --groups noise --noise-rules sqrt --noise-signals hessian --noise-k 0.5 \
+		--noise-targets 128 1024 && \
+	    $(RAMP) --setting $$s --resume --groups noise --noise-rules sqrt --noise-signals simple --noise-k 8 \
+		--noise-targets 128 1024; } > docs/ramp/$${s}_noise_check.log 2>&1 || exit 1; done
+	{ $(RAMP) --setting cnn_adam --resume --groups probe noise --noise-rules sde sqrt --noise-signals hessian \
+		--noise-k 0.5 --noise-targets 128 1024 && \
+	  $(RAMP) --setting cnn_adam --resume --groups noise --noise-rules sde sqrt --noise-signals simple --noise-k 8 \
+		--noise-targets 128 1024; } > docs/ramp/cnn_adam_noise_check.log 2>&1
+	{ $(RAMP) --setting mlp --seed 1 && \
+	  $(RAMP) --setting mlp --seed 1 --resume --groups noise --noise-rules linear --noise-signals progress \
+		--noise-k 0.4 && \
+	  $(RAMP) --setting mlp --seed 1 --resume --groups noise --noise-rules sqrt --noise-signals hessian \
+		--noise-k 0.5 && \
+	  $(RAMP) --setting mlp --seed 1 --resume --groups noise --noise-rules sqrt --noise-signals simple \
+		--noise-k 8; } > docs/ramp/mlp_seed1.log 2>&1
+	{ $(RAMP) --setting cnn --seed 1 --groups core && \
+	  $(RAMP) --setting cnn --seed 1 --resume --groups noise --noise-rules sqrt --noise-signals simple \
+		--noise-k 8; } > docs/ramp/cnn_seed1.log 2>&1
+	$(RAMP) --setting mlp --resume --groups noise --noise-rules linear sqrt --noise-signals simple_lb \
+		--noise-k 1 2 4 8 16 > docs/ramp/mlp_noise_lb.log 2>&1
+	for s in mlp mlp_momentum cnn cnn_adam; do \
+	  if [ $$s = cnn_adam ]; then \
+	    $(RAMP) --setting $$s --resume --groups noise --noise-signals simple_lb --noise-rules sde sqrt --noise-k 4 \
+		--noise-targets 128 1024 > docs/ramp/$${s}_noise_lb_check.log 2>&1 || exit 1; \
+	  else \
+	    { $(RAMP) --setting $$s --resume --groups noise --noise-signals simple_lb --noise-rules linear \
+		--noise-k 16 --noise-targets 128 1024 && \
+	      $(RAMP) --setting $$s --resume --groups noise --noise-signals simple_lb --noise-rules sqrt --noise-k 4 \
+		--noise-targets 128 1024; } > docs/ramp/$${s}_noise_lb_check.log 2>&1 || exit 1; \
+	  fi; done
+	$(BIN)/python benchmarks/ramp.py --report
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache docs/_build docs/reference/generated

@@ -43,6 +43,8 @@ root_doc = "index"
 exclude_patterns = [
     "_build",
     "frontier/notes.md",
+    "ramp/notes.md",
+    "ramp/constants.md",
     "benchmarks/notes.md",
     "benchmarks/overhead.md",
     "benchmarks/time_to_accuracy.md",
