@@ -55,7 +55,7 @@ from lightning_lrbs.batch import check_positive_int
 from lightning_lrbs.components import (
     AdaScale,
     BatchSchedule,
-    Component,
+    Components,
     EffectiveBatch,
     Fit,
     LRScaling,
@@ -210,8 +210,8 @@ class BatchScalingCallback(pl.Callback):
         parts = [c for c in (ramp, self._invariant) if c is not None]  # what the summary line ends with
         self._summary = Summary(self._scaling, self._warmup, self._time_constants, parts)
         common = [c for c in (self._batch, ramp, self._scaling, self._time_constants, self._warmup) if c is not None]
-        self._components: list[Component] = [*common, *features, StepLR(self.log_lr), self._summary]
-        self._summary.components = self._components
+        self._components = Components([*common, *features, StepLR(self.log_lr), self._summary])
+        self._summary.components = self._components.items
 
     # ------------------------------------------------------------------ read-only results (`ddp_spawn`: the workers')
     @property
@@ -274,10 +274,10 @@ class BatchScalingCallback(pl.Callback):
 
     # ------------------------------------------------------------------ hooks: forwarded to every component
     def _each(self, hook: str, trainer: Any, pl_module: Any, *args: Any) -> Fit:
-        """Call ``hook`` of every component, in order, with the fit and ``args``; return the fit."""
-        fit = Fit(self._pl, trainer, pl_module, self)
-        for component in self._components:
-            getattr(component, hook)(fit, *args)
+        """Call ``hook`` of every component that acts in it, in order, with the fit and ``args``; return the fit."""
+        fit = self._components.fit(self._pl, trainer, pl_module, self)
+        for method in self._components.methods(hook):
+            method(fit, *args)
         return fit
 
     def _rescale_if_changed(self, fit: Fit) -> None:
@@ -314,7 +314,7 @@ class BatchScalingCallback(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        fit = Fit(self._pl, trainer, pl_module, self)
+        fit = self._components.fit(self._pl, trainer, pl_module, self)
         self._batch.read_batch(fit, batch)
         self._rescale_if_changed(fit)  # before anything measures this step
         self._each("on_train_batch_start", trainer, pl_module, batch)
@@ -364,12 +364,12 @@ class BatchScalingCallback(pl.Callback):
         """Each component's keys, and the keys of a loaded checkpoint that no component here owns (kept as they were:
         a feature switched off for one fit finds its state again when switched back on)."""
         state = dict(self._loaded)
-        for component in self._components:
+        for component in self._components.items:
             state.update(component.state_dict())
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = dict(state_dict)
-        for component in self._components:
+        for component in self._components.items:
             component.load_state_dict(state_dict)

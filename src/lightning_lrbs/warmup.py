@@ -204,6 +204,7 @@ class LinearWarmup:
         self.steps = [0] * len(self.optimizers)
         self._last_step: list[float | None] = [None] * len(self.optimizers)  # t of each optimizer's previous step
         self._warned_stuck = False
+        self._indices = {id(optimizer): index for index, optimizer in enumerate(self.optimizers)}
         self._stacks = [StepMultipliers.of(optimizer) for optimizer in self.optimizers]
         for stack in self._stacks:
             stack.add(self)
@@ -218,7 +219,7 @@ class LinearWarmup:
         return warmup_factor(t, self.warmup_steps, self.start_factors[index])
 
     def _index(self, optimizer: Optimizer) -> int:
-        return next(i for i, o in enumerate(self.optimizers) if o is optimizer)
+        return self._indices[id(optimizer)]
 
     def begin_step(self, optimizer: Optimizer) -> float:
         """:math:`w(t)` of this step (:class:`~lightning_lrbs.multipliers.StepMultipliers` calls it)."""

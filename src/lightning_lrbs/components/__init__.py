@@ -5,7 +5,7 @@ per feature. :mod:`lightning_lrbs.callback` says in which order the callback run
 one optimizer step."""
 
 from lightning_lrbs.components.adascale import AdaScale
-from lightning_lrbs.components.base import Component, Fit, Scale
+from lightning_lrbs.components.base import Component, Components, Fit, Scale
 from lightning_lrbs.components.batch import EffectiveBatch
 from lightning_lrbs.components.batch_schedule import BatchSchedule
 from lightning_lrbs.components.invariant import ScaleInvariant
@@ -20,6 +20,7 @@ __all__ = [
     "AdaScale",
     "BatchSchedule",
     "Component",
+    "Components",
     "EffectiveBatch",
     "Fit",
     "LRScaling",

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-__all__ = ["Component", "Fit", "Scale"]
+__all__ = ["Component", "Components", "Fit", "Scale"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +172,36 @@ class Component:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Components:
+    """The callback's components in their order, and for each hook the bound methods of those that act in it (the
+    others' no-ops are never called: the per-step hooks run for every batch).
+
+    Args:
+        components: The components, in the order every hook reaches them.
+    """
+
+    def __init__(self, components: Sequence[Component]) -> None:
+        self.items = list(components)
+        self._methods: dict[str, list[Any]] = {}
+        self._fit: Fit | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled with the callback (ddp_spawn, a deepcopy): without the last fit's Trainer, and methods rebuilt
+        return {"items": self.items, "_methods": {}, "_fit": None}
+
+    def methods(self, hook: str) -> list[Any]:
+        """The bound ``hook`` of each component that overrides it, in order."""
+        methods = self._methods.get(hook)
+        if methods is None:
+            base = getattr(Component, hook)
+            methods = self._methods[hook] = [getattr(c, hook) for c in self.items if getattr(type(c), hook) is not base]
+        return methods
+
+    def fit(self, pl: ModuleType, trainer: Any, module: Any, callback: Any) -> Fit:
+        """The :class:`Fit` of this Trainer and module (made again only when they change)."""
+        fit = self._fit
+        if fit is None or fit.trainer is not trainer or fit.module is not module or fit.pl is not pl:
+            fit = self._fit = Fit(pl, trainer, module, callback)
+        return fit
