@@ -343,7 +343,10 @@ MAX_COST = 0.05
 
 #: The rule chosen by :func:`select` from the development runs, frozen before any held-out run: (rule, constants per
 #: optimizer family). ``None`` until then.
-FROZEN: tuple[str, dict[str, dict[str, float]]] | None = None
+FROZEN: tuple[str, dict[str, dict[str, float]]] | None = (
+    "mccandlish",
+    {"sgd": {"cap": 2.83, "p": 1.0}, "momentum": {"cap": 11.3, "p": 1.0}, "adam": {"cap": 8.0, "p": 2.0}},
+)
 
 
 def base_lr_of(setting: Setting) -> float:
@@ -578,7 +581,7 @@ def dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def select(path: Path) -> tuple[str, dict[str, dict[str, float]], list[str]]:
+def select(path: Path) -> tuple[str | None, dict[str, dict[str, float]], list[str]]:
     """The protocol's mechanical selection from the development rows: per candidate and optimizer family the eligible
     constant set (cost <= 5 % everywhere) with the fewest points missing the bar (ties: smaller largest ratio); then
     the candidate with the fewest missed points over all development settings (ties: smaller largest ratio)."""
@@ -620,11 +623,28 @@ def select(path: Path) -> tuple[str, dict[str, dict[str, float]], list[str]]:
         if complete and (best_rule is None or (missed, worst) < best_rule[:2]):
             best_rule = (missed, worst, rule, chosen)
     if best_rule is None:
-        raise SystemExit("no eligible candidate")
+        return None, {}, [*lines, "selected: none (no candidate is eligible on every optimizer family)"]
     lines.append(
         f"selected: {best_rule[2]} {best_rule[3]} ({best_rule[0]} points miss the bar, largest {best_rule[1]:.2f})"
     )
     return best_rule[2], best_rule[3], lines
+
+
+#: Fixed-LR development runs with a secant probe at every step (setting, S, factor): the greedy step they measure.
+TRACES = [("mlp", 16, 1.0), ("mlp", 16, 2.0), ("mlp", 16, 4.0), ("mlp2", 64, 1.0), ("mlp2", 64, 2.0), ("mlp2", 64, 4.0)]
+
+
+def traces(args: argparse.Namespace) -> int:
+    for name, scale, factor in TRACES:
+        setting = SETTINGS[name]
+        args.setting = name
+        args.trace = str(OUT_DIR / f"trace_{name}_S{scale}_x{factor:g}.csv")
+        data = frontier.load_data(args.data_dir, setting.eval_subset, setting.seed)
+        torch.manual_seed(setting.seed)
+        init = {k: v.clone() for k, v in frontier.build_model(setting.model).state_dict().items()}
+        r = run_one(args, setting, data, init, scale, "fixed", {"factor": factor, "probe_every": 1})
+        print(describe(r), flush=True)
+    return 0
 
 
 def held_out(args: argparse.Namespace) -> int:
@@ -649,6 +669,28 @@ def held_out(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(out_dir: Path, page: Path, figure: Path | None = OUT_DIR / "auto_lr.png") -> str:
+    """The figure (unless ``figure`` is ``None``) and the generated block of the page from the CSVs in ``out_dir``."""
+    import auto_lr_report
+
+    dev_rows = auto_lr_report.load(out_dir / "dev.csv")
+    selection = select(out_dir / "dev.csv")[2] if dev_rows else []
+    held_rows = auto_lr_report.load(out_dir / "held_out.csv")
+    rule = FROZEN[0] if FROZEN else None
+    held = {
+        name: (auto_lr_report.load(SETTINGS[name].frontier_csv), [r for r in held_rows if r["setting"] == name])
+        for name in HELD_OUT_SCALES
+        if any(r["setting"] == name for r in held_rows) and SETTINGS[name].frontier_csv.is_file()
+    }
+    if rule is not None and held and figure is not None:
+        auto_lr_report.plot(held, rule, figure)
+    traces = {
+        path.stem.removeprefix("trace_"): auto_lr_report.load(path) for path in sorted(out_dir.glob("trace_*.csv"))
+    }
+    block = auto_lr_report.render(dev_rows, selection, held, rule, DEV_SETTINGS, DEV_SCALES, traces)
+    return auto_lr_report.write_page(page, block)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     frontier.relative_warnings()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no machine paths in the committed logs
@@ -664,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dev", action="store_true", help="run DEV_GRID on the development settings into --out")
     p.add_argument("--select", action="store_true", help="the protocol's selection from docs/auto_lr/dev.csv")
+    p.add_argument("--traces", action="store_true", help="the fixed-LR runs of TRACES with a probe at every step")
+    p.add_argument("--report", action="store_true", help="the figure and the tables of docs/auto_lr.md")
     p.add_argument("--held-out", nargs="+", choices=sorted(HELD_OUT_SCALES), help="run FROZEN and the LR finder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -674,6 +718,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.held_out:
         return held_out(args)
+    if args.traces:
+        return traces(args)
+    if args.report:
+        report(OUT_DIR, ROOT / "docs" / "auto_lr.md")
+        return 0
     setting = SETTINGS[args.setting]
     data = frontier.load_data(args.data_dir, setting.eval_subset, setting.seed)
     torch.manual_seed(setting.seed)
