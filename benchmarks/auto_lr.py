@@ -20,6 +20,7 @@ import csv
 import logging
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -516,11 +517,12 @@ def lr_finder(setting: Setting, data: frontier.Data, init: dict[str, torch.Tenso
         TensorDataset(data.train_x, data.train_y), batch_size=batch, shuffle=True,
         generator=torch.Generator().manual_seed(setting.seed),
     )  # fmt: skip
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(OUT_DIR / ".lr_find"),
-    )  # fmt: skip
-    finder = Tuner(trainer).lr_find(Module(), train_dataloaders=loader)
+    with tempfile.TemporaryDirectory() as root:  # the finder's checkpoint of the initial state
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+        )  # fmt: skip
+        finder = Tuner(trainer).lr_find(Module(), train_dataloaders=loader)
     assert finder is not None
     suggestion = finder.suggestion()
     return (math.nan if suggestion is None else float(suggestion)), len(finder.results["lr"])

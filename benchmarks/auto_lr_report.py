@@ -122,14 +122,16 @@ def plot(panels: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]], r
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    cols = 2
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows), squeeze=False)
     styles = {rule: ("k", "o"), "LR finder": ("C4", "v"), "linear": ("C0", "s"), "sqrt": ("C2", "^"),
               "adascale": ("C3", "D")}  # fmt: skip
     top = 3.0
-    for ax, (name, (frontier_rows, runs)) in zip(axes[0], panels.items(), strict=True):
+    for ax, (name, (frontier_rows, runs)) in zip(axes.flat, panels.items(), strict=False):
         a = analyse(frontier_rows)
         scales = sorted({int(r["scale"]) for r in runs})
-        for label, (color, marker) in styles.items():
+        for index, (label, (color, marker)) in enumerate(styles.items()):
             xs, ys, bad = [], [], []
             for s in scales:
                 f = key(a["frontier"][32 * s])
@@ -147,16 +149,18 @@ def plot(panels: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]], r
                 if math.isfinite(value):
                     ys.append(min(value, top))
             ax.plot(xs, ys, color=color, marker=marker, label=label, lw=2.2 if label == rule else 1, alpha=0.85)
-            if bad:
-                ax.scatter(bad, [top] * len(bad), color=color, marker="x", s=60)
+            if bad:  # one row per method, so that failures at the same S stay visible
+                ax.scatter(bad, [top - 0.12 * index] * len(bad), color=color, marker="x", s=60)
         ax.axhline(BAR, color="grey", ls="--", lw=1)
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.set_xscale("log", base=2)
         ax.set_ylim(0.4, top * 1.05)
         ax.set_xlabel("S (batch / 32)")
         ax.set_ylabel("steps to target / frontier's")
-        ax.set_title(f"{name} (held out)\nx: diverged or > cap (drawn at {top:g})", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{name} (held out)\nx: diverged or > cap (drawn at the top, one row per method)", fontsize=9)
+        ax.legend(fontsize=7, loc="center right")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
