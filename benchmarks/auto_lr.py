@@ -6,11 +6,15 @@ from what the run measures on its own training batches (never the evaluation los
 is counted as its cost: a forward of ``n`` samples costs ``n``, a training step of batch ``B`` costs ``3 B`` (forward
 plus a backward of twice its cost).
 
-Run (from the repository root)::
+Run (from the repository root; ``make auto-lr`` runs the whole study, docs/auto_lr.md lists every command)::
 
-    python benchmarks/auto_lr.py --data-dir ../shared/data --setting mlp --scales 4 16 64 256 --rule greedy
-    python benchmarks/auto_lr.py --data-dir ../shared/data --setting mlp --scales 16 --rule fixed --factor 2 \\
-        --trace docs/auto_lr/trace.csv     # a fixed LR with a probe at every step (diagnostic)
+    python benchmarks/auto_lr.py --data-dir ../shared/data --dev       # every candidate on the development settings
+    python benchmarks/auto_lr.py --select                              # the protocol's choice from docs/auto_lr/dev.csv
+    python benchmarks/auto_lr.py --data-dir ../shared/data --traces    # fixed LRs with a secant probe at every step
+    python benchmarks/auto_lr.py --data-dir ../shared/data --held-out mlp_seed1 mlp_momentum cnn cnn_adam
+    python benchmarks/auto_lr.py --report                              # the figure and the tables of docs/auto_lr.md
+    python benchmarks/auto_lr.py --data-dir ../shared/data --setting mlp --scales 4 16 --rule catapult \
+        --param kappa=1.5                                              # one candidate, for development
 """
 
 from __future__ import annotations
