@@ -7,6 +7,7 @@
 #   make bench  - benchmarks (not part of make test)
 #   make frontier - the batch-size study of docs/frontier.md (not part of make test)
 #   make ramp   - the batch-ramp study of docs/ramp.md (not part of make test)
+#   make auto-lr - issue 21's study of docs/auto_lr.md (not part of make test)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,7 +31,7 @@ OLDEST_DESELECT := \
 	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
 	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
 
-.PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier ramp gpu-check clean
+.PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier ramp auto-lr gpu-check clean
 
 venv: $(VENV)/.deps
 
@@ -161,6 +162,25 @@ ramp: install
 		--noise-targets 128 1024; } > docs/ramp/$${s}_noise_lb_check.log 2>&1 || exit 1; \
 	  fi; done
 	$(BIN)/python benchmarks/ramp.py --report
+# Issue 21's study of docs/auto_lr.md, one process at a time on one thread (about 3 h on a shared core): the new
+# frontiers (development: mlp2, mlp2 + momentum, mlp + Adam; held out: cnn + Adam), the development grid, the
+# edge-of-stability traces, the frozen rule and Lightning's LR finder on the held-out settings, then the page.
+AUTO_LR := $(BIN)/python benchmarks/auto_lr.py --data-dir $(DATA_DIR)
+FRONTIER_NEW := $(BIN)/python benchmarks/frontier.py --data-dir $(DATA_DIR) --out-dir docs/auto_lr
+auto-lr: install
+	mkdir -p docs/auto_lr
+	$(FRONTIER_NEW) --model mlp --optimizer adam --name mlp_adam --base-lr-start 0.001 --scales 1 4 16 64 256 \
+		> docs/auto_lr/frontier_mlp_adam.log 2>&1
+	$(FRONTIER_NEW) --model mlp2 --name mlp2 --base-lr-start 0.1 --scales 1 4 16 64 256 \
+		> docs/auto_lr/frontier_mlp2.log 2>&1
+	$(FRONTIER_NEW) --model mlp2 --momentum 0.9 --name mlp2_momentum --base-lr-start 0.02 --scales 1 4 16 64 256 \
+		> docs/auto_lr/frontier_mlp2_momentum.log 2>&1
+	$(AUTO_LR) --dev > docs/auto_lr/dev.log 2>&1
+	$(AUTO_LR) --traces > docs/auto_lr/traces.log 2>&1
+	$(FRONTIER_NEW) --model cnn --optimizer adam --name cnn_adam --base-lr-start 0.001 --scales 1 4 16 64 \
+		--eval-subset 1000 --max-steps 4000 > docs/auto_lr/frontier_cnn_adam.log 2>&1
+	$(AUTO_LR) --held-out mlp_seed1 mlp_momentum cnn cnn_adam > docs/auto_lr/held_out.log 2>&1
+	$(AUTO_LR) --report
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) dist build .pytest_cache .mypy_cache .ruff_cache docs/_build docs/reference/generated

@@ -71,12 +71,17 @@ def has_adascale() -> bool:
 
 
 def build_model(name: str) -> nn.Module:
-    """``"cnn"``: the network of ``examples/mnist.MNISTConvNet``; ``"mlp"``: 784-128-10 with ReLU."""
+    """``"cnn"``: the network of ``examples/mnist.MNISTConvNet``; ``"mlp"``: 784-128-10 with ReLU; ``"mlp2"``:
+    784-256-256-10 with ReLU."""
     if name == "cnn":
         return MNISTConvNet().net
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    raise ValueError(f"`--model` must be 'cnn' or 'mlp', got {name!r}")
+    if name == "mlp2":  # docs/auto_lr.md: a development setting of issue 21
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
+    raise ValueError(f"`--model` must be 'cnn', 'mlp' or 'mlp2', got {name!r}")
 
 
 @dataclass
@@ -174,14 +179,21 @@ def train(
     momentum: float,
     micro_batches: int,
     diverge_factor: float = 10.0,
+    optimizer_name: str = "sgd",
+    controller: Any = None,
 ) -> dict[str, Any]:
-    """One run: a fixed ``lr`` (``rule="grid"``) or ``base_lr`` scaled by the shipped ``scale_for_batch``."""
+    """One run: a fixed ``lr`` (``rule="grid"``) or ``base_lr`` scaled by the shipped ``scale_for_batch``.
+
+    ``controller`` (``rule="grid"`` only; ``benchmarks/auto_lr.py``) sets the LR of every step itself: its
+    ``before_step(optimizer, loss)`` runs after the backward (``loss``: the batch's training loss) and its
+    ``after_step(optimizer, probe)`` after ``optimizer.step()``, where ``probe()`` is one extra forward of the new
+    weights on the same batch, with the same dropout masks (the RNG state of the training forward)."""
     torch.manual_seed(seed)
     model = build_model(name)
     model.load_state_dict(init)
     model.train()
     accumulation = micro_batches if rule == "adascale" else 1
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr if rule == "grid" else base_lr, momentum=momentum)
+    optimizer = make_optimizer(optimizer_name, model, lr if rule == "grid" else base_lr, momentum)
     scaling = None
     if rule != "grid":
         shipped = "linear" if rule == "linear + warmup" else rule
@@ -211,10 +223,17 @@ def train(
         idx = next(stream)
         x, y = data.train_x[idx], data.train_y[idx]
         optimizer.zero_grad(set_to_none=True)
-        if accumulation == 1:
+        if controller is not None:
+            rng = torch.get_rng_state()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            controller.before_step(optimizer, float(loss.detach()))
+        elif accumulation == 1:
             F.cross_entropy(model(x), y).backward()
         else:
             noise = getattr(scaling, "noise", None)
+            if noise is not None and not lightning_lrbs.adascale.preconditioner_ready(optimizer):
+                noise = None  # Adam: no preconditioner before its first step (the gain stays 1 there)
             for xc, yc in zip(x.chunk(accumulation), y.chunk(accumulation), strict=True):
                 if noise is not None:
                     noise.micro_batch(len(xc), loss_scale=1.0 / accumulation)
@@ -224,10 +243,13 @@ def train(
         if getattr(scaling, "adascale", None) is not None:
             gains.append(float(scaling.adascale.factor))  # type: ignore[union-attr]
         optimizer.step()
+        if controller is not None:
+            controller.after_step(optimizer, lambda x=x, y=y, rng=rng: _probe(model, x, y, rng))
         step += 1
         if eval_due(step) or step == cap:
             loss_now = mean_loss(model, data.eval_x, data.eval_y)
-            if not math.isfinite(loss_now) or loss_now > diverge_factor * initial:
+            blown = not math.isfinite(loss_now) or loss_now > diverge_factor * initial
+            if blown and not getattr(controller, "screening", False):  # a controller may react on its next forward
                 status = "diverged"
                 break
             if math.isnan(steps) and loss_now <= target:
@@ -245,6 +267,8 @@ def train(
             break
     if scaling is not None and scaling.warmup is not None:
         scaling.warmup.remove()
+    if controller is not None:
+        gains = list(controller.factors)
     factor_used = (sum(gains) / len(gains)) if gains else set_lr / base_lr
     return {
         "lr": set_lr,
@@ -258,6 +282,26 @@ def train(
         "noise_scale": noise_at_target,
         "wall_s": time.perf_counter() - start,
     }
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rng: torch.Tensor) -> float:
+    """The training loss of the current weights on ``(x, y)`` with the dropout masks of RNG state ``rng``; the RNG
+    stream of the run is left where it was."""
+    after = torch.get_rng_state()
+    torch.set_rng_state(rng)
+    loss = float(F.cross_entropy(model(x), y))
+    torch.set_rng_state(after)
+    return loss
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """``"sgd"`` (with ``momentum``) or ``"adam"`` (torch defaults: betas (0.9, 0.999), eps 1e-8)."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    raise ValueError(f"`--optimizer` must be 'sgd' or 'adam', got {name!r}")
 
 
 def better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
@@ -308,7 +352,7 @@ class Study:
         result = train(
             a.model, self.init, self.data, base_lr=self.base_lr, batch=batch, lr=lr, rule=kind,
             warmup_steps=warmup, target=a.target_loss, cap=cap, budget=self.budget, seed=a.seed,
-            momentum=a.momentum, micro_batches=a.micro_batches,
+            momentum=a.momentum, micro_batches=a.micro_batches, optimizer_name=a.optimizer,
         )  # fmt: skip
         run = Run(a.model, batch, batch // BASE_BATCH, kind, warmup_steps=warmup, cap=cap, budget=self.budget, **result)
         self.record(run)
@@ -390,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument("--model", choices=("mlp", "mlp2", "cnn"), default="mlp")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out-dir", default=str(OUT_DIR))
     p.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
@@ -401,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None, help="train on this many images (smoke tests)")
     p.add_argument("--micro-batches", type=int, default=2, help="adascale: micro-batches per step (>= 2)")
     p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="adam: torch defaults but the LR")
     p.add_argument("--name", default=None, help="the CSV is frontier_<name>.csv (default: the model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -410,7 +455,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def relative_warnings() -> None:
+    """Print warnings with paths relative to the repository (the logs are committed)."""
+    show = warnings.formatwarning
+
+    def formatted(message: Any, category: Any, filename: str, lineno: int, line: str | None = None) -> str:
+        path = Path(filename).resolve()
+        name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+        return show(message, category, name, lineno, line)
+
+    warnings.formatwarning = formatted  # type: ignore[assignment]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    relative_warnings()
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.report:

@@ -184,7 +184,7 @@ class TestBadInput:
             ({"batch_size": -4}, r"`batch_size` must be a positive int, got -4"),
             (
                 {"rule": "cubic"},
-                r"`rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde', 'adascale' .* got 'cubic'",
+                r"`rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde', 'adascale', 'capped' .* got 'cubic'",
             ),
             ({"rule": 3}, r"`rule` must be one of .* got 3"),
         ],

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, help="nodes (default 1)")
     p.add_argument("--accumulation", type=int, help="accumulate_grad_batches (default 1)")
     p.add_argument("--base-batch-size", type=int, help="the batch size the LRs were tuned for (default: --batch-size)")
-    p.add_argument("--rule", help="linear (default), sqrt, auto, none, or an import path of a function ratio -> factor")
+    p.add_argument("--rule", help="linear (default), sqrt, auto, none, sde, capped, or the import path of a rule")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--warmup-start-factor", type=float)
@@ -127,8 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for needed, flag in (("batches_per_epoch", "--batches-per-epoch"), ("batch_size", "--batch-size")):
         if needed not in settings:
             raise SystemExit(f"error: give {flag} (or set it in --config)")
+    from lightning_lrbs.rules import RULES
+
     rule = settings.get("rule", "linear")
-    if isinstance(rule, str) and rule not in ("linear", "sqrt", "auto", "none"):
+    if isinstance(rule, str) and rule not in RULES:
         rule = _import(rule)
 
     from lightning_lrbs.preview import preview

@@ -20,6 +20,10 @@ the learning rates were tuned for, a rule gives the factor :math:`f(r)` applied 
 - **sde**: per optimizer, ``linear`` for SGD and ``sqrt`` for the Adam family and RMSprop, whose betas, epsilon and
   averaging constants then follow the batch too (Malladi et al. 2022; see :mod:`lightning_lrbs.sde`); ``sqrt`` and a
   warning for optimizers without a known SDE rule.
+- **capped**: per optimizer, linear (SGD) or square root (adaptive optimizers) at small ratios, saturating at a
+  ceiling of :math:`C` times the base LR (:mod:`lightning_lrbs.capped`, McCandlish et al. 2018's
+  :math:`\epsilon_\text{opt}(B)` with a fixed noise scale); its default ceilings were measured on small MNIST models
+  (docs/auto_lr.md) and are not universal.
 - **adascale**: a factor measured at every step from the gradient noise (:mod:`lightning_lrbs.adascale`); its static
   factor here is 1.
 - a callable ``f(r) -> float``: any rule of your own; it must return a finite positive number.
@@ -48,7 +52,7 @@ __all__ = [
     "validate_rule",
 ]
 
-RuleName = Literal["linear", "sqrt", "auto", "none", "sde", "adascale"]
+RuleName = Literal["linear", "sqrt", "auto", "none", "sde", "adascale", "capped"]
 #: A rule: the name of a built-in one (:data:`RULES`) or a callable ``ratio -> factor``.
 Rule = RuleName | Callable[[float], float]
 #: The names of the built-in rules.
@@ -87,7 +91,7 @@ def validate_rule(rule: object, name: str = "rule") -> Rule:
         >>> validate_rule("cubic")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde', 'adascale' or a callable ... 'cubic'
+        ValueError: `rule` must be one of 'linear', 'sqrt', 'auto', 'none', 'sde', 'adascale', 'capped' or ... 'cubic'
     """
     if callable(rule) or (isinstance(rule, str) and rule in RULES):
         return rule  # type: ignore[return-value]
@@ -111,18 +115,26 @@ def is_adaptive(optimizer: torch.optim.Optimizer | type[torch.optim.Optimizer]) 
 
 
 def resolve_rule(rule: Rule, optimizer: torch.optim.Optimizer | None = None) -> Rule:
-    """Resolve ``"auto"`` and ``"sde"`` to ``"sqrt"`` or ``"linear"`` for ``optimizer``; other rules are returned as
-    they are.
+    """Resolve ``"auto"`` and ``"sde"`` to ``"sqrt"`` or ``"linear"``, and ``"capped"`` to a
+    :class:`~lightning_lrbs.capped.CappedRule`, for ``optimizer``; other rules are returned as they are.
 
     Raises:
-        ValueError: If ``rule`` is ``"auto"`` or ``"sde"`` and no optimizer is given, or ``rule`` is not supported.
+        ValueError: If ``rule`` is ``"auto"``, ``"sde"`` or ``"capped"`` and no optimizer is given, or ``rule`` is not
+            supported.
 
     Example::
 
-        >>> resolve_rule("auto", torch.optim.Adam([torch.zeros(1, requires_grad=True)]))
-        'sqrt'
+        >>> adam = torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        >>> resolve_rule("auto", adam), resolve_rule("capped", adam)
+        ('sqrt', CappedRule(cap=8.0, exponent=2.0))
     """
     validate_rule(rule)
+    if rule == "capped":
+        if optimizer is None:
+            raise ValueError("`rule='capped'` needs the optimizer to choose its ceiling (lightning_lrbs.capped)")
+        from lightning_lrbs.capped import capped_rule  # capped imports is_adaptive from here
+
+        return capped_rule(optimizer)
     if rule == "sde":
         if optimizer is None:
             raise ValueError("`rule='sde'` needs the optimizer to choose between 'linear' and 'sqrt'")
@@ -150,9 +162,9 @@ def scale_factor(ratio: float, rule: Rule = "linear", optimizer: torch.optim.Opt
 
     Args:
         ratio: :math:`r = B_\text{eff} / B_\text{base}`, a finite positive number.
-        rule: ``"linear"``, ``"sqrt"``, ``"none"``, ``"auto"`` or ``"sde"`` (both need ``optimizer``) or a callable
-            ``f(r)``.
-        optimizer: The optimizer whose LR is scaled; only used by ``"auto"`` and ``"sde"``.
+        rule: ``"linear"``, ``"sqrt"``, ``"none"``, ``"auto"``, ``"sde"`` or ``"capped"`` (the last three need
+            ``optimizer``) or a callable ``f(r)``.
+        optimizer: The optimizer whose LR is scaled; only used by ``"auto"``, ``"sde"`` and ``"capped"``.
 
     Returns:
         The factor, a finite positive float.

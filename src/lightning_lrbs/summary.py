@@ -94,7 +94,7 @@ def describe_scaling(
     if accumulation > 1:
         parts.append(f"{accumulation} accumulation")
     text = f"effective batch {effective} = {' × '.join(parts)}; base {base}; rule {rule_name(rule)}"
-    per_optimizer = rule in ("auto", "sde")
+    per_optimizer = rule in ("auto", "sde", "capped")
     entries = []
     labels = list(names) if names is not None else [type(o).__name__ for o in optimizers]
     for index, (optimizer, factor, label) in enumerate(zip(optimizers, factors, labels)):
