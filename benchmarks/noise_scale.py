@@ -1,14 +1,14 @@
 """Gradient noise scale: what measuring it costs, and how it evolves over a training run (docs/noise_scale.md).
 
 ``overhead``: the MNIST CNN of ``examples/mnist.py`` at 16 per step × 4 accumulation (effective batch 64, the
-example's), on real MNIST. Three variants of ``BatchScalingCallback`` are fitted interleaved, in a shuffled order in
-each round: ``noise_scale=False``, ``noise_every_n_steps=1`` and the default interval. A step's time is the wall time
-between the starts of consecutive optimizer steps (4 batches each: data, forward, backward, optimizer step, hooks,
-logging every 50 steps), averaged over ``--steps`` steps after ``--warmup``; each ratio is taken to the same round's
+example's), on real MNIST. Four variants of ``BatchScalingCallback`` are fitted interleaved, in a shuffled order in
+each round: ``noise_scale=False``, ``noise_every_n_steps=1``, the default interval and ``rule="adascale"`` (every
+step measured, and the gain applied). A step's time is the wall time between the starts of consecutive optimizer
+steps (4 batches each: data, forward, backward, optimizer step, hooks, logging every 50 steps), averaged over ``--steps`` steps after ``--warmup``; each ratio is taken to the same round's
 ``noise_scale=False`` fit. Whole-step ratios on a shared machine cannot resolve 1 %, so the estimator's own work is
 also timed alone (``timeit``, see ``estimator_cost_ms``) against the median step time; in one fit measuring every
-2nd step, each measured step against the next unmeasured one; and in plain PyTorch, the fastest of 200 alternating
-measured and unmeasured CNN steps (``raw_step_ms``). Unmeasured steps have no hooks.
+2nd step, each measured step against the next unmeasured one; and in plain PyTorch, the fastest of 200 interleaved
+unmeasured, measured and AdaScale CNN steps (``raw_step_ms``). Unmeasured steps have no hooks.
 
 ``curve``: ``lrbs/noise_scale`` and ``train_loss`` as logged by a CSVLogger (``log_every_n_steps=10``) over training
 runs at the default interval and smoothing: the CNN at the example's settings (LR 0.01 at base batch 8, linear rule,
@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "noise_scale=False": {},
     "every step": {"noise_scale": True, "noise_every_n_steps": 1},
     f"every {DEFAULT_EVERY} steps (default)": {"noise_scale": True},
+    "rule=adascale": {"rule": "adascale"},
 }
 
 
@@ -155,18 +156,25 @@ def paired_fit(steps: int, data_dir: Path, seed: int, measure: bool = True) -> l
     return [durations[t] - durations[t + 1] for t in range(10, min(len(durations) - 1, steps + 10), 2)]
 
 
-def raw_step_ms(pairs: int = 200) -> tuple[float, float]:
-    """(fastest unmeasured, fastest measured) optimizer step of the CNN in plain PyTorch, in ms: 4 micro-batches of
-    16, SGD, steps alternating between measured and not. Contention only adds time, so the fastest of many
-    interleaved steps is the least disturbed estimate of each."""
+def raw_step_ms(rounds: int = 200) -> dict[str, float]:
+    """The fastest optimizer step of the CNN in plain PyTorch, in ms, for each of ``plain`` (no measurement),
+    ``measured`` (the noise estimator's hooks and ``step``) and ``adascale`` (the same, plus :class:`AdaScaleLR`
+    setting and restoring the LR in the optimizer's step hooks): 4 micro-batches of 16, SGD, the three kinds of step
+    in turn, ``rounds`` times. LR 0, so every step computes the same numbers. Contention only adds time, so the
+    fastest of many interleaved steps is the least disturbed estimate of each."""
+    from lightning_lrbs.adascale import AdaScaleLR
     from lightning_lrbs.noise import GradientNoiseScale
 
     model = MNISTConvNet(lr=0.01)
     x, y = torch.randn(MICRO_BATCH, 1, 28, 28), torch.randint(0, 10, (MICRO_BATCH,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    plain_sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+    adascale_sgd = torch.optim.SGD(model.parameters(), lr=0.0)  # the same parameters; only this one has the gain
     gns = GradientNoiseScale(model.parameters())
+    AdaScaleLR(adascale_sgd, lambda: (gns.grad_sq_norm, gns.grad_var), MICRO_BATCH, MICRO_BATCH * ACCUMULATION)
 
-    def step(measure: bool) -> float:
+    def step(kind: str) -> float:
+        measure = kind != "plain"
+        optimizer = adascale_sgd if kind == "adascale" else plain_sgd
         start = time.perf_counter()
         for _ in range(ACCUMULATION):
             if measure:
@@ -178,11 +186,11 @@ def raw_step_ms(pairs: int = 200) -> tuple[float, float]:
         optimizer.zero_grad()
         return (time.perf_counter() - start) * 1e3
 
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for i in range(2 * pairs):
-        measure = i % 2 == 0
-        times[measure].append(step(measure))
-    return min(times[False]), min(times[True])
+    times: dict[str, list[float]] = {"plain": [], "measured": [], "adascale": []}
+    for _ in range(rounds):
+        for kind, kept in times.items():
+            kept.append(step(kind))
+    return {kind: min(kept) for kind, kept in times.items()}
 
 
 def overhead(args: argparse.Namespace) -> None:
@@ -212,15 +220,15 @@ def overhead(args: argparse.Namespace) -> None:
         print(f"round {round_}: " + ", ".join(f"{v} {times[v]:.1f} ms" for v in VARIANTS), flush=True)
     diffs = paired_fit(args.paired_steps, args.data_dir, args.seed)
     control = paired_fit(args.paired_steps, args.data_dir, args.seed, measure=False)
-    raw_plain, raw_measured = raw_step_ms()
+    raw = raw_step_ms(args.raw_rounds)
     wall = time.perf_counter() - start
-    write_csv(OUT / "noise_scale_overhead.csv", rows)
+    write_csv(args.out_dir / "noise_scale_overhead.csv", rows)
     write_csv(
-        OUT / "noise_scale_overhead_control.csv",
+        args.out_dir / "noise_scale_overhead_control.csv",
         [{"pair": i, "even_minus_odd_ms": round(d, 4)} for i, d in enumerate(control)],
     )
     write_csv(
-        OUT / "noise_scale_overhead_paired.csv",
+        args.out_dir / "noise_scale_overhead_paired.csv",
         [{"pair": i, "measured_minus_next_ms": round(d, 4)} for i, d in enumerate(diffs)],
     )
     base_ms = statistics.median(r["step_ms"] for r in rows if r["variant"] == "noise_scale=False")
@@ -246,16 +254,18 @@ def overhead(args: argparse.Namespace) -> None:
         f"default interval {DEFAULT_EVERY}: {100 * med / DEFAULT_EVERY / base_ms:.3f} %; control fit without "
         f"measuring, even − odd steps: {quartiles(control)[1]:.3f} ms median (quartiles {quartiles(control)[0]:.3f}, "
         f"{quartiles(control)[2]:.3f})",
-        f"plain PyTorch, the same CNN step alternating measured / not (fastest of 200 each): {raw_plain:.2f} ms → "
-        f"{raw_measured:.2f} ms measured (+{raw_measured - raw_plain:.3f} ms, "
-        f"{100 * (raw_measured - raw_plain) / raw_plain:.2f} % of the bare step without Lightning)",
+        f"plain PyTorch, the same CNN step, plain / measured / measured with the AdaScale gain in turn (fastest of "
+        f"{args.raw_rounds} each): {raw['plain']:.2f} ms; measured {raw['measured']:.2f} ms (+{raw['measured'] - raw['plain']:.3f} "
+        f"ms, {100 * (raw['measured'] - raw['plain']) / raw['plain']:.2f} % of the bare step without Lightning); "
+        f"adascale {raw['adascale']:.2f} ms (+{raw['adascale'] - raw['plain']:.3f} ms, "
+        f"{100 * (raw['adascale'] - raw['plain']) / raw['plain']:.2f} %)",
         f"estimator work alone (median over {len(probes)} probes, min {min(probes):.3f}, max {max(probes):.3f}): "
         f"{armed:.3f} ms per measured step = {100 * armed / base_ms:.2f} % of a {base_ms:.1f} ms step; at the default "
         f"interval {DEFAULT_EVERY}: {100 * armed / DEFAULT_EVERY / base_ms:.3f} % of a step (unmeasured steps have no "
         "hooks)",
         *machine_lines(torch.get_num_threads()),
     ]
-    (OUT / "noise_scale_overhead.md").write_text("\n".join(lines) + "\n")
+    (args.out_dir / "noise_scale_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -331,7 +341,7 @@ def curve(args: argparse.Namespace) -> None:
         curve_run("cnn", lambda: MNISTConvNet(lr=0.01), 1, 8, args.data_dir, args.seed),
         curve_run("mlp", lambda: MLP(lr=0.1), args.mlp_epochs, 64, args.data_dir, args.seed),
     ]
-    write_csv(OUT / "noise_scale_curve.csv", [r for run in runs for r in run])
+    write_csv(args.out_dir / "noise_scale_curve.csv", [r for run in runs for r in run])
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex="col")
     lines = []
     for col, run in enumerate(runs):
@@ -367,12 +377,12 @@ def curve(args: argparse.Namespace) -> None:
             f"{first['train_loss']:.3f} → {last['train_loss']:.3f}; wall {run[0]['wall_s']} s"
         )
     fig.tight_layout()
-    fig.savefig(OUT / "noise_scale.png", dpi=110)
-    (OUT / "noise_scale_curve.md").write_text("\n".join(lines) + "\n")
+    fig.savefig(args.out_dir / "noise_scale.png", dpi=110)
+    (args.out_dir / "noise_scale_curve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["overhead", "curve"])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -381,8 +391,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="optimizer steps before timing")
     parser.add_argument("--paired-steps", type=int, default=300, help="optimizer steps of the paired fit")
     parser.add_argument("--mlp-epochs", type=int, default=4)
+    parser.add_argument("--raw-rounds", type=int, default=200, help="rounds of the plain-PyTorch steps")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--out-dir", type=Path, default=OUT, help="where the pages and CSVs go (default docs/)")
+    args = parser.parse_args(argv)
     quiet()
     torch.set_num_threads(1)
     overhead(args) if args.what == "overhead" else curve(args)

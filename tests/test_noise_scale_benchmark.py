@@ -1,0 +1,30 @@
+"""benchmarks/noise_scale.py's ``overhead`` (docs/noise_scale.md's cost numbers), run small on real MNIST."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("LRBS_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def test_overhead_times_every_variant_and_the_plain_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    noise_scale = importlib.import_module("noise_scale")
+    argv = ["overhead", "--data-dir", str(DATA_DIR), "--rounds", "1", "--steps", "2", "--warmup", "1",
+            "--paired-steps", "4", "--raw-rounds", "2", "--out-dir", str(tmp_path)]  # fmt: skip
+    noise_scale.main(argv)
+    with (tmp_path / "noise_scale_overhead.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == list(noise_scale.VARIANTS)
+    assert "rule=adascale" in noise_scale.VARIANTS
+    assert all(float(r["step_ms"]) > 0 for r in rows)
+    page = (tmp_path / "noise_scale_overhead.md").read_text()
+    assert "| rule=adascale |" in page
+    assert "measured with the AdaScale gain in turn (fastest of 2 each)" in page
+    assert "adascale " in page.split("plain PyTorch", 1)[1]
