@@ -12,8 +12,8 @@ with ``--out``, to a Markdown file with the command, the device and the versions
   CUDA against the same fit in fp32 on CUDA (relative 5e-2: the gradients are computed in another precision), and
   the LRs of the steps equal (1e-9).
 - ``cuda``: the noise statistics of an fp32 fit on CUDA against the same fit on CPU (relative 1e-3).
-- ``fsdp2``: ``ModelParallelStrategy`` (FSDP2, NCCL, one device) with ``rule="adascale"`` and Adam: the LR of every
-  step equals the single-device run's (relative 1e-3).
+- ``fsdp2``: ``ModelParallelStrategy`` (FSDP2, NCCL, one device) against DDP on the same device and micro-batches:
+  the noise statistics of every step, and the LR of every step with ``rule="adascale"`` and Adam (relative 1e-3).
 
 ``--device cpu`` runs the checks that a CPU can run (``cuda`` and ``fsdp2`` compare CPU with CPU; the others are
 skipped), so the script cannot rot without a GPU (tests/test_gpu_check.py runs it so).
@@ -165,23 +165,31 @@ def check_cuda_against_cpu(device: str) -> str:
     return f"ok: ‖G‖², tr Σ of {len(on_device.noise)} steps equal the CPU's (1e-3)"
 
 
-def check_fsdp2_adascale(device: str) -> str:
-    from lightning.pytorch.strategies import ModelParallelStrategy
+def check_fsdp2_against_ddp(device: str) -> str:
+    try:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+    except ImportError:
+        return "skipped: ModelParallelStrategy came with Lightning 2.4"
 
-    def callback() -> BatchScalingCallback:
+    def fsdp2() -> Any:
+        return ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)
+
+    # one replica reads the loader in order, as DDP's one process does with its sampler off
+    sharded_noise = fit(
+        device, noise_callback(), model=MLP(fsdp2=True), strategy=fsdp2(), use_distributed_sampler=False
+    )
+    ddp_noise = fit(device, noise_callback(), strategy="ddp", use_distributed_sampler=False)
+    if not close(sharded_noise.noise, ddp_noise.noise, 1e-3):
+        return f"FAIL: noise {sharded_noise.noise[:2]} against DDP's {ddp_noise.noise[:2]}"
+
+    def adascale() -> BatchScalingCallback:
         return BatchScalingCallback(base_batch_size=16, rule="adascale", log_lr=False)
 
-    sharded = fit(
-        device,
-        callback(),
-        model=MLP("adam", fsdp2=True),
-        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
-        use_distributed_sampler=False,  # one replica reads the loader in order, as the single device does
-    )
-    single = fit(device, callback(), model=MLP("adam"))
-    if not close(sharded.lrs, single.lrs, 1e-3):
-        return f"FAIL: {sharded.lrs[:4]} against {single.lrs[:4]}"
-    return f"ok: the LR of {len(sharded.lrs)} steps equals the single-device run's (1e-3)"
+    sharded = fit(device, adascale(), model=MLP("adam", fsdp2=True), strategy=fsdp2(), use_distributed_sampler=False)
+    ddp = fit(device, adascale(), model=MLP("adam"), strategy="ddp", use_distributed_sampler=False)
+    if not close(sharded.lrs, ddp.lrs, 1e-3):
+        return f"FAIL: adascale LRs {sharded.lrs[:4]} against DDP's {ddp.lrs[:4]}"
+    return f"ok: ‖G‖², tr Σ and the adascale (Adam) LR of {len(sharded.lrs)} steps equal DDP's (1e-3)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "bf16": lambda device: check_precision(device, "bf16-mixed"),
         "fp16": lambda device: check_precision(device, "16-mixed"),
         "cuda": check_cuda_against_cpu,
-        "fsdp2": check_fsdp2_adascale,
+        "fsdp2": check_fsdp2_against_ddp,
     }
     start = time.perf_counter()
     rows = []

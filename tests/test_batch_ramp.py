@@ -4,6 +4,7 @@ resume is exact, and what cannot follow is refused before anything changes."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
@@ -368,6 +369,10 @@ class TestNextToLightning:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not hasattr(importlib.import_module("lightning.pytorch.strategies"), "ModelParallelStrategy"),
+    reason="ModelParallelStrategy came with Lightning 2.4",
+)
 def test_fsdp2_grows_the_batch_as_ddp_does(tmp_path: Path) -> None:
     callback = {"base_batch_size": 16, "batch_ramp": [16, 16, 192], "log_lr": False, "warmup_steps": 2}
     results = {}

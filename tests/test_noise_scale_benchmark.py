@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import importlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,17 @@ def test_overhead_times_every_variant_and_the_plain_steps(monkeypatch: pytest.Mo
     assert "| rule=adascale |" in page
     assert "measured with the AdaScale gain in turn (fastest of 2 each)" in page
     assert "adascale " in page.split("plain PyTorch", 1)[1]
+
+
+@pytest.mark.parametrize("variant", ["plain", "noise every step", "adascale"])
+def test_step_instructions_worker_fits_each_variant(variant: str) -> None:
+    """The fit benchmarks/step_instructions.py counts under callgrind runs (callgrind itself takes minutes)."""
+    script = REPO / "benchmarks" / "step_instructions.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--worker", variant, "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

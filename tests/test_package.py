@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import os
 import subprocess
@@ -74,12 +75,22 @@ def test_lightning_free_modules_do_not_import_lightning() -> None:
         "import sys\n"
         "import lightning_lrbs, lightning_lrbs.rules, lightning_lrbs.rescale, lightning_lrbs.warmup\n"
         "import lightning_lrbs.batch, lightning_lrbs.loop, lightning_lrbs.environment\n"
+        "import lightning_lrbs.adascale, lightning_lrbs.batch_ramp, lightning_lrbs.capped, lightning_lrbs.noise\n"
+        "import lightning_lrbs.sde, lightning_lrbs.sharding, lightning_lrbs.multipliers, lightning_lrbs.preview\n"
         "from lightning_lrbs import scale_for_batch, LinearWarmup, rescale_, scale_factor, effective_batch_size\n"
         "roots = {'lightning', 'pytorch_lightning', 'lightning_fabric', 'lightning_utilities', 'torchmetrics'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in roots))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_callback_class_reads_in_one_sitting() -> None:
+    """Issue 19: the callback only builds the components and forwards Lightning's hooks to them (<= 300 lines)."""
+    from lightning_lrbs.callback import BatchScalingCallback
+
+    lines, _ = inspect.getsourcelines(BatchScalingCallback)
+    assert len(lines) <= 300
 
 
 def test_callback_is_loaded_lazily() -> None:

@@ -84,15 +84,17 @@ class TestEffectiveBatch:
 class TestNoiseScale:
     """|G|², tr Σ and B_noise of each measured step, against DDP (FSDP2) or one process (tensor parallelism)."""
 
-    def test_fsdp2_measures_what_ddp_measures(self, tmp_path: Path) -> None:
-        common = {"dp": 2, "accumulation": 2, "callback": {"noise_scale": True, "noise_every_n_steps": 1}}
+    @pytest.mark.parametrize("accumulation", [1, 2])
+    def test_fsdp2_measures_what_ddp_measures(self, tmp_path: Path, accumulation: int) -> None:
+        callback = {"noise_scale": True, "noise_every_n_steps": 1}
+        common = {"dp": 2, "accumulation": accumulation, "callback": callback}
         fsdp = fit(tmp_path / "fsdp", strategy="fsdp", **common)
         ddp = fit(tmp_path / "ddp", strategy="ddp", **common)
         same_on_every_rank(fsdp, "noise")
-        assert len(fsdp[0]["noise"]) == 6
+        assert len(fsdp[0]["noise"]) == len(ddp[0]["noise"]) == 6
         for ours, theirs in zip(fsdp[0]["noise"], ddp[0]["noise"]):
             assert ours[0] == theirs[0]
-            assert ours[3] == theirs[3] == 4  # micro-batches: 2 replicas x 2 accumulated
+            assert ours[3] == theirs[3] == 2 * accumulation  # micro-batches: 2 replicas x the accumulated ones
             assert ours[1:3] == pytest.approx(theirs[1:3], rel=REL_STATS)
         assert fsdp[0]["noise_scale"] == pytest.approx(ddp[0]["noise_scale"], rel=REL_STATS)
 

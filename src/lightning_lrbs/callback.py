@@ -88,9 +88,8 @@ class BatchScalingCallback(pl.Callback):
             2022; see :mod:`lightning_lrbs.sde`), ``"adascale"`` (at each step the AdaScale gain
             :math:`r_t \in [1, r]` of the measured gradient noise, Johnson et al. 2020, :math:`r_t^{1/2}` for
             adaptive optimizers; see :mod:`lightning_lrbs.adascale`; needs 2 or more devices or
-            ``accumulate_grad_batches >= 2``, and measures the noise at every step), ``"capped"`` (per optimizer:
-            linear or square root at small ratios, saturating at a ceiling measured on small MNIST models; see
-            :mod:`lightning_lrbs.capped`), or a callable ``f(r) -> float``.
+            ``accumulate_grad_batches >= 2``, and measures the noise at every step), ``"capped"`` (linear or square
+            root, saturating at a ceiling: :mod:`lightning_lrbs.capped`), or a callable ``f(r) -> float``.
         batch_size: Per-device batch size, for loaders that do not expose one. ``None`` reads it from the train
             loader(s) Lightning actually uses, or from the first batch.
         warmup_steps: Linear warmup length in optimizer steps (``0``: none).

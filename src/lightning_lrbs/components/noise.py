@@ -70,7 +70,7 @@ class NoiseScale(Component):
             raise ValueError(
                 f"{who} reads each rank's micro-batch gradients, which is not verified under {unverified} (it keeps "
                 "gradients in flat buffers of its own): train with ModelParallelStrategy (FSDP2) or DDP, or without "
-                f"{who}; the LR scaling itself works under {unverified}"
+                f"{who}; the LR scaling itself stays on under {unverified}"
             )
 
     def on_train_start(self, fit: Fit) -> None:
