@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from lrbs_testing import LR, LRModel, quiet_trainer
+from lightning.pytorch.callbacks import Callback
+from lrbs_testing import LR, SCRIPTS, LRModel, flat, quiet_trainer, rank_results, script_env
 
 from lightning_lrbs import BatchScalingCallback, scale_factor, scale_for_batch
 from lightning_lrbs.capped import DEFAULT_CAPS, CappedRule, capped_factor, capped_rule, optimizer_family
@@ -194,3 +198,83 @@ class TestByName:
         ]  # fmt: skip
         assert main(argv) == 0
         assert f"rule capped → SGD capped(C=11.3, p=1) ×{capped_factor(8.0, 11.3):.3g}" in capsys.readouterr().out
+
+
+class _StopAt(Callback):
+    """Saves a checkpoint after optimizer step ``step`` and stops the fit there (an interruption)."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+def _cosine_model() -> LRModel:
+    return LRModel(scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=0.01))
+
+
+class TestResume:
+    """``rule="capped"`` on resume: never applied twice, and on another batch rescaled by f(S_new) / f(S_old)."""
+
+    def test_interrupted_and_resumed_equals_uninterrupted(self, tmp_path: Path) -> None:
+        full = _cosine_model()
+        quiet_trainer(tmp_path, max_epochs=3, callbacks=[BatchScalingCallback(base_batch_size=2, rule="capped")]).fit(
+            full
+        )
+        ckpt = tmp_path / "mid.ckpt"
+        first = _cosine_model()
+        callbacks = [BatchScalingCallback(base_batch_size=2, rule="capped"), _StopAt(6, ckpt)]
+        quiet_trainer(tmp_path, max_epochs=3, callbacks=callbacks).fit(first)
+        second, resumed = _cosine_model(), BatchScalingCallback(base_batch_size=2, rule="capped")
+        quiet_trainer(tmp_path, max_epochs=3, callbacks=[resumed]).fit(second, ckpt_path=ckpt)
+        assert len(first.lrs) == 6
+        assert flat(first.lrs + second.lrs) == pytest.approx(flat(full.lrs), rel=1e-9)
+        assert resumed.summary.endswith("(resumed, already scaled)")
+
+    def test_resume_at_twice_the_batch_rescales_by_the_ratio_of_the_factors(self, tmp_path: Path) -> None:
+        full = _cosine_model()
+        quiet_trainer(tmp_path, max_epochs=3, callbacks=[BatchScalingCallback(base_batch_size=2, rule="capped")]).fit(
+            full
+        )
+        ckpt = tmp_path / "mid.ckpt"
+        first = _cosine_model()
+        callbacks = [BatchScalingCallback(base_batch_size=2, rule="capped"), _StopAt(4, ckpt)]
+        quiet_trainer(tmp_path, max_epochs=3, callbacks=callbacks).fit(first)
+        second, resumed = _cosine_model(), BatchScalingCallback(base_batch_size=2, rule="capped")
+        quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2, callbacks=[resumed]).fit(
+            second, ckpt_path=ckpt
+        )
+        before, after = capped_factor(4.0, 11.3), capped_factor(8.0, 11.3)  # S = 8 / 2, then 16 / 2
+        assert resumed.scale_factor == pytest.approx(after, rel=1e-12)
+        expected = [[after / before * lr for lr in step] for step in full.lrs[4 : 4 + len(second.lrs)]]
+        assert len(second.lrs) == 4
+        assert flat(second.lrs) == pytest.approx(flat(expected), rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("optimizer", "lr", "family"), [("sgd", 0.05, "sgd"), ("adam", 0.01, "adaptive")])
+def test_ddp_ranks_apply_their_familys_factor(tmp_path: Path, optimizer: str, lr: float, family: str) -> None:
+    """Two DDP processes of 8 per device over a base of 4: S = 4 on both ranks (tests/scripts/parallel_fit.py)."""
+    config = {"strategy": "ddp", "dp": 2, "optimizer": optimizer, "callback": {"base_batch_size": 4, "rule": "capped"}}
+    command = [sys.executable, str(SCRIPTS / "parallel_fit.py"), str(tmp_path), json.dumps(config)]
+    subprocess.run(command, env=script_env(), check=True, timeout=600)
+    ranks = rank_results(tmp_path, 2)
+    factor = capped_factor(4.0, *DEFAULT_CAPS[family])
+    for result in ranks:
+        assert result["effective"] == 16
+        assert result["factor"] == pytest.approx(factor, rel=1e-12)
+        assert result["lrs"] == pytest.approx([lr * factor] * len(result["lrs"]), rel=1e-9)
+    assert ranks[0]["lrs"] == ranks[1]["lrs"]
+
+
+def test_the_defaults_are_the_studys_frozen_constants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEFAULT_CAPS is what benchmarks/auto_lr.py froze on the development settings (docs/auto_lr.md)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    auto_lr = importlib.import_module("auto_lr")
+    name, constants = auto_lr.FROZEN
+    assert name == "mccandlish"
+    family = {"sgd": "sgd", "momentum": "momentum", "adam": "adaptive"}
+    assert {family[k]: (v["cap"], v["p"]) for k, v in constants.items()} == DEFAULT_CAPS

@@ -441,6 +441,22 @@ def test_ddp_spawn_workers_scale_from_the_environment(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_torchrun_processes_scale_from_the_environment(tmp_path: Path) -> None:
+    """``LRBS_* torchrun --nproc-per-node 2 train.py``, as docs/environment.md launches: every process inherits."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(SCRIPTS / "plain_fit.py"), str(tmp_path), "2", "ddp"]  # fmt: skip
+    done = subprocess.run(
+        command, env=script_env(**SETTINGS), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    for rank in rank_results(tmp_path, 2):
+        assert rank["world_size"] == 2
+        assert rank["callbacks"] == ["Record", "EnvironmentBatchScalingCallback"]
+        assert flat(rank["lrs"]) == pytest.approx(_expected_lrs(2.0, 0.5), rel=1e-12)
+    assert done.stdout.count(SOURCE_NOTE) == 1
+
+
+@pytest.mark.slow
 def test_processes_launched_with_other_variables_all_stop(tmp_path: Path) -> None:
     """Two "nodes" of one process each, launched with different rules: each names what it was launched with."""
     env = script_env()

@@ -24,7 +24,8 @@ batch at about 2.83× the base LR with plain SGD, 11.3× with SGD momentum 0.9 a
 they stayed within 1.2× of the best fixed LR's steps for another seed, SGD momentum on another MLP and Adam on a CNN,
 and **diverged** with plain SGD on the MNIST CNN from 16× the base batch on, whose ceiling is lower (2–2.83×). They are
 measurements on small models, not constants of nature: the rule measures nothing, so a model whose stable LR range
-ends below :math:`C` times its base LR needs a smaller ``cap``.
+ends below :math:`C` times its base LR needs a smaller ``cap``. Only Adam and momentum 0.9 were measured: other
+adaptive optimizers (AdamW, RMSprop, ...) and other momenta get their family's ceiling unmeasured.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class CappedRule:
         return f"CappedRule(cap={self.cap!r}, exponent={self.exponent!r})"
 
     def state_dict(self) -> dict[str, float]:
-        """The constants, to save beside a checkpoint (a resumed run must scale with the same ones)."""
+        """The constants, to log or save beside a checkpoint: the callback checkpoints the factor it applied, not the
+        rule, so a run resumed with other constants moves its LRs to the new factor."""
         return {"cap": self.cap, "exponent": self.exponent}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
