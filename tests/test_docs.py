@@ -164,6 +164,35 @@ def test_the_block_parser() -> None:
     assert expected_output("print(1)\n# 1\n# not output\nx = 2\n") == ["1"]
 
 
+def test_the_commands_of_blocks_not_run_name_what_exists() -> None:
+    """The bash blocks that are not run (studies of minutes to hours, set-up): each ``make`` target exists (``make
+    -n``), and each ``python <script>`` names a file of the repository that declares every ``--option`` given."""
+    problems = []
+    for page in pages():
+        for block in fenced_blocks(page.read_text()):
+            if block.not_runnable is None or block.language != "bash":
+                continue
+            where = f"{page_id(page)}:{block.line}"
+            code = block.code.replace("\\\n", " ")
+            for line in (line.split("#", 1)[0].strip() for line in code.splitlines()):
+                words = line.split()
+                if words[:1] == ["make"]:
+                    targets = [w for w in words[1:] if "=" not in w]
+                    done = subprocess.run(["make", "-n", *targets], cwd=REPO, capture_output=True, check=False)
+                    if done.returncode != 0:
+                        problems.append(f"{where}: `{line}`: no such make target")
+                elif words[:1] == ["python"] and len(words) > 1 and words[1].endswith(".py"):
+                    script = REPO / words[1]
+                    if not script.is_file():
+                        problems.append(f"{where}: `{line}`: no {words[1]}")
+                        continue
+                    source = script.read_text()
+                    for option in (w.split("=", 1)[0] for w in words[2:] if w.startswith("--")):
+                        if f'"{option}"' not in source:
+                            problems.append(f"{where}: `{line}`: {words[1]} declares no {option}")
+    assert problems == []
+
+
 def test_every_block_says_what_it_is_and_every_marker_why() -> None:
     problems = []
     for page in pages():
@@ -312,6 +341,16 @@ class TestReadme:
 
     def test_the_site_includes_it(self) -> None:
         assert "```{include} ../README.md" in (DOCS / "index.md").read_text()
+
+    @pytest.mark.parametrize("page", [README, DOCS / "rules.md"])
+    def test_the_rules_table_lists_every_rule(self, page: Path) -> None:
+        from lightning_lrbs.rules import RULES
+
+        text = page.read_text()
+        table = text[text.index("| `rule` | factor | source |") :].split("\n\n", 1)[0]
+        names = re.findall(r"(?m)^\| `\"(\w+)\"`", table)
+        assert sorted(names) == sorted(RULES)
+        assert "| a callable |" in table
 
 
 class TestReference:

@@ -6,9 +6,11 @@ import importlib.metadata
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -105,3 +107,23 @@ def test_callback_is_loaded_lazily() -> None:
 def test_public_names_resolve() -> None:
     for name in lightning_lrbs.__all__:
         assert getattr(lightning_lrbs, name) is not None, name
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rule": "adascale", "scale_invariant": True, "warmup_steps": 2},
+        {"rule": "adascale", "batch_ramp": (8, 8, 64)},
+        {"noise_scale": True, "batch_ramp": (8, 8, 64)},
+        {},
+    ],
+)
+def test_components_run_in_the_documented_order(kwargs: dict[str, Any]) -> None:
+    """The numbered list of the callback module's docstring is the order every hook reaches the components."""
+    import lightning_lrbs.callback as module
+
+    documented = re.findall(r"^\d+\. :class:`~lightning_lrbs\.components\.(\w+)`", module.__doc__ or "", re.M)
+    assert len(documented) == 10
+    built = [type(c).__name__ for c in module.BatchScalingCallback(**kwargs)._components.items]
+    assert built == [name for name in documented if name in built]  # in the documented order
+    assert {"EffectiveBatch", "LRScaling", "TimeConstants", "Warmup", "StepLR", "Summary"} <= set(built)
