@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import GradientAccumulationScheduler
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from lrbs_testing import SCRIPTS, quiet_trainer, rank_results, script_env
 from torch.utils.data import DataLoader
@@ -178,6 +178,33 @@ class TestFit:
         assert first.lrs + resumed.lrs == pytest.approx(whole.lrs, rel=REL)
         assert first.accumulations + resumed.accumulations == whole.accumulations
         assert first.scheduler_steps + resumed.scheduler_steps == whole.scheduler_steps
+
+    @pytest.mark.parametrize(
+        ("step", "optimizer", "rule"),
+        [(15, "sgd", "linear"), (12, "sgd", "linear"), (15, "adam", "sde")],
+        ids=["pending-mid-epoch", "pending-at-the-epochs-last-batch", "pending-mid-epoch-sde-adam"],
+    )
+    def test_resume_mid_epoch_while_a_change_waits_to_align_equals_the_uninterrupted_run(
+        self, tmp_path: Path, step: int, optimizer: str, rule: str
+    ) -> None:
+        """Step 15 is batch 9 of epoch 1: 100 samples ask for accumulation 4, but 9 is not a multiple of 4, so 3 stays
+        until batch 12. Step 12 is epoch 0's last batch: 64 samples ask for 3, which waits for epoch 1. A checkpoint
+        saved there resumes with the accumulation in force and changes where the uninterrupted run does."""
+        scheduler = "exponential" if optimizer == "sgd" else None
+        options = {"callback": {"rule": rule}}
+        whole = Ramped(optimizer, scheduler)
+        ramp_fit(tmp_path / "whole", whole, **options)
+        saver = ModelCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=step, save_top_k=-1)
+        first = Ramped(optimizer, scheduler)
+        ramp_fit(tmp_path / "first", first, callbacks=[saver], enable_checkpointing=True, **options)
+        resumed = Ramped(optimizer, scheduler)
+        ramp_fit(tmp_path / "resumed", resumed, ckpt=str(tmp_path / "mid.ckpt"), **options)
+        assert resumed.accumulations == whole.accumulations[step:]
+        assert resumed.effective == whole.effective[step:]
+        assert resumed.lrs == pytest.approx(whole.lrs[step:], rel=REL)
+        assert resumed.scheduler_steps == whole.scheduler_steps[step:]
+        flat = [[b for betas in run for b in betas] for run in (resumed.betas, whole.betas[step:])]
+        assert flat[0] == pytest.approx(flat[1], rel=REL)
 
 
 class TestRefusals:
