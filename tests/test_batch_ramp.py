@@ -55,7 +55,11 @@ class Ramped(BoringModel):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss"}}
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        frequency = 2 if self.scheduler_kind == "every-2-steps" else 1
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": frequency},
+        }
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         out = super().training_step(batch, batch_idx)
@@ -228,6 +232,59 @@ class TestRefusals:
         before = [p.detach().clone() for p in model.parameters()]
         with pytest.raises(ValueError, match=match):
             ramp_fit(tmp_path, model, **kwargs)
+        assert model.lrs == []
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert model.trainer.accumulate_grad_batches == 4
+
+    def test_a_per_step_scheduler_stepped_every_other_step_is_refused_before_anything_changes(
+        self, tmp_path: Path
+    ) -> None:
+        model = Ramped(scheduler="every-2-steps")
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"`batch_ramp` .* `frequency=1`, got frequency=2 for ExponentialLR"):
+            ramp_fit(tmp_path, model)
+        assert model.lrs == []
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert model.trainer.accumulate_grad_batches == 4
+        assert model.trainer.lr_scheduler_configs[0].frequency == 2  # Lightning's stepping not taken over
+
+    def test_an_overridden_lr_scheduler_step_is_refused_before_anything_changes(self, tmp_path: Path) -> None:
+        class OwnStepping(Ramped):
+            def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+                scheduler.step()
+
+        model = OwnStepping()
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"`batch_ramp` steps the per-step schedulers .* OwnStepping overrides "):
+            ramp_fit(tmp_path, model)
+        assert model.lrs == []
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert model.trainer.accumulate_grad_batches == 4
+        assert model.trainer.lr_scheduler_configs[0].frequency == 1
+
+    def test_a_batch_size_finder_is_refused_before_it_searches(self, tmp_path: Path) -> None:
+        from lightning.pytorch.callbacks import BatchSizeFinder
+
+        class Sized(Ramped):
+            def __init__(self) -> None:
+                super().__init__(scheduler=None)
+                self.batch_size = 4
+                self.training_steps = 0
+
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                self.training_steps += 1
+                return super().training_step(batch, batch_idx)
+
+            def train_dataloader(self) -> DataLoader[Any]:
+                return DataLoader(RandomDataset(32, 64), batch_size=self.batch_size)
+
+        model = Sized()
+        before = [p.detach().clone() for p in model.parameters()]
+        finder = BatchSizeFinder(max_trials=2, steps_per_trial=1)
+        with pytest.raises(ValueError, match=r"`batch_ramp` sets the accumulation .* a BatchSizeFinder in the same"):
+            ramp_fit(tmp_path, model, callbacks=[finder])
+        assert model.training_steps == 0  # the finder did not search (it trains a few steps at each size it tries)
+        assert model.batch_size == 4
         assert model.lrs == []
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
         assert model.trainer.accumulate_grad_batches == 4

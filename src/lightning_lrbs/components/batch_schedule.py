@@ -65,6 +65,8 @@ class BatchSchedule(Component):
         self._schedule: ScaleInvariantSchedule | None = None
         self._state: dict[str, Any] | None = None
         self._accumulation: int | None = None  # the accumulation in force (checkpointed: a change may be waiting)
+        if fit is not None:  # Lightning runs a BatchSizeFinder's search in its `on_fit_start`, before ours
+            self._refuse(fit, fit.pl.callbacks.BatchSizeFinder)
 
     @property
     def target(self) -> int | None:
@@ -88,12 +90,7 @@ class BatchSchedule(Component):
                 f"{_WHO} grows the batch through Lightning's gradient accumulation, and {name} sets "
                 "`automatic_optimization = False`: accumulate by hand, or train without a batch ramp"
             )
-        for cls in ("GradientAccumulationScheduler", "BatchSizeFinder"):
-            if any(isinstance(c, getattr(pl.callbacks, cls)) for c in trainer.callbacks):
-                raise ValueError(
-                    f"{_WHO} sets the accumulation (and reads the per-device batch) itself, and a {cls} in the same "
-                    f"Trainer changes it: use one of the two"
-                )
+        self._refuse(fit, pl.callbacks.GradientAccumulationScheduler)
         if getattr(trainer.strategy, "handles_gradient_accumulation", False):
             raise ValueError(
                 f"{_WHO} grows the batch through Lightning's gradient accumulation, and "
@@ -120,6 +117,15 @@ class BatchSchedule(Component):
         self.target_accumulation = int(trainer.accumulate_grad_batches)
         self._planned = float(trainer.max_steps) if trainer.max_steps != -1 else None
         self._held = fit_loop.lift_limits(trainer, epochs=False, intervals=("step",))
+
+    @staticmethod
+    def _refuse(fit: Fit, cls: type) -> None:
+        """Refuse a callback of class ``cls`` in the Trainer: it changes what the ramp sets."""
+        if any(isinstance(c, cls) for c in fit.trainer.callbacks):
+            raise ValueError(
+                f"{_WHO} sets the accumulation (and reads the per-device batch) itself, and a {cls.__name__} in the "
+                "same Trainer changes it: use one of the two"
+            )
 
     def on_train_start(self, fit: Fit) -> None:
         if not self.batch.known:
