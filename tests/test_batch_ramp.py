@@ -43,10 +43,13 @@ class Ramped(BoringModel):
         self.effective: list[int] = []
         self.scheduler_steps: list[int] = []
         self.betas: list[tuple[float, float]] = []
+        self.groups: list[dict[str, Any]] = []  # group 0's lr, betas, eps and weight decay at each step
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_name == "adam":
             optimizer: torch.optim.Optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        elif self.optimizer_name == "adamw":
+            optimizer = torch.optim.AdamW(self.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
         else:
             optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
         if self.scheduler_kind is None:
@@ -75,6 +78,8 @@ class Ramped(BoringModel):
         self.scheduler_steps.append(configs[0].scheduler.last_epoch if configs else 0)
         if "betas" in optimizer.param_groups[0]:
             self.betas.append(tuple(optimizer.param_groups[0]["betas"]))
+        group = optimizer.param_groups[0]
+        self.groups.append({k: group[k] for k in ("lr", "betas", "eps", "weight_decay") if k in group})
 
     def train_dataloader(self) -> DataLoader[Any]:
         return DataLoader(RandomDataset(32, 64), batch_size=4)
@@ -154,6 +159,33 @@ class TestFit:
         assert [b for betas in model.betas for b in betas] == pytest.approx(
             [b for k in kappas for b in (0.9**k, 0.999**k)], rel=REL
         )
+
+    def test_adamw_time_constants_and_weight_decay_are_those_of_a_fit_at_each_batch(self, tmp_path: Path) -> None:
+        """rule="sde" with AdamW (weight decay 0.05): at every step of the ramp, the LR, betas, eps and decoupled
+        weight decay in force are those a fit at that fixed batch (no ramp, the accumulation as the Trainer's) runs
+        with: with kappa = B_t / 4, lr × sqrt(kappa), betas ** kappa, eps / sqrt(kappa), weight decay × sqrt(kappa)."""
+        model = Ramped(optimizer="adamw", scheduler=None)
+        ramp_fit(tmp_path / "ramp", model, callback={"rule": "sde"})
+        assert model.accumulations == ACCUMULATIONS
+        fixed = {}
+        for accumulation in sorted(set(ACCUMULATIONS)):
+            at = Ramped(optimizer="adamw", scheduler=None)
+            options = {"callback": {"rule": "sde", "batch_ramp": None}, "accumulate_grad_batches": accumulation}
+            ramp_fit(tmp_path / str(accumulation), at, max_steps=1, **options)
+            fixed[accumulation] = at.groups[0]
+        at_fixed = [fixed[a] for a in ACCUMULATIONS]
+        # betas, eps and weight decay come from the module's own values: bit for bit; the LR is rescaled by the ratio
+        # of the factors (a scheduler may have moved it), to the last bit or so
+        assert [{k: v for k, v in g.items() if k != "lr"} for g in model.groups] == [
+            {k: v for k, v in g.items() if k != "lr"} for g in at_fixed
+        ]
+        assert [g["lr"] for g in model.groups] == pytest.approx([g["lr"] for g in at_fixed], rel=REL)
+        for accumulation, group in fixed.items():
+            k = float(accumulation)
+            assert group["lr"] == pytest.approx(0.01 * math.sqrt(k), rel=REL)
+            assert group["betas"] == pytest.approx((0.8**k, 0.99**k), rel=REL)
+            assert group["eps"] == pytest.approx(1e-6 / math.sqrt(k), rel=REL)
+            assert group["weight_decay"] == pytest.approx(0.05 * math.sqrt(k), rel=REL)
 
     def test_max_steps_counts_steps_at_the_target_batch(self, tmp_path: Path) -> None:
         model = Ramped(scheduler=None)
