@@ -4,6 +4,7 @@ resume is exact, and what cannot follow is refused before anything changes."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -17,6 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import SCRIPTS, quiet_trainer, rank_results, script_env
 from torch.utils.data import DataLoader
 
@@ -186,6 +188,20 @@ class TestFit:
             assert group["betas"] == pytest.approx((0.8**k, 0.99**k), rel=REL)
             assert group["eps"] == pytest.approx(1e-6 / math.sqrt(k), rel=REL)
             assert group["weight_decay"] == pytest.approx(0.05 * math.sqrt(k), rel=REL)
+
+    def test_the_logged_effective_batch_is_the_batch_of_every_step(self, tmp_path: Path) -> None:
+        """With a CSVLogger and ``log_every_n_steps=1``, every step has ``lrbs/effective_batch_size`` rows, and each
+        is the batch that step trains with (a change is logged at the step it first applies to)."""
+        model = Ramped(scheduler=None)
+        logger = CSVLogger(tmp_path, name="log")
+        ramp_fit(tmp_path, model, logger=logger, log_every_n_steps=1)
+        logged: dict[int, set[float]] = {}
+        with open(Path(logger.log_dir) / "metrics.csv", newline="") as file:
+            for row in csv.DictReader(file):
+                if row.get("lrbs/effective_batch_size"):
+                    logged.setdefault(int(row["step"]), set()).add(float(row["lrbs/effective_batch_size"]))
+        assert model.effective == [4 * a for a in ACCUMULATIONS]
+        assert logged == {step: {float(batch)} for step, batch in enumerate(model.effective)}
 
     def test_max_steps_counts_steps_at_the_target_batch(self, tmp_path: Path) -> None:
         model = Ramped(scheduler=None)
