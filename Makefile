@@ -29,7 +29,8 @@ OLDEST_DESELECT := \
 	tests/test_interrupts.py::test_checkpoint_saved_on_exception_holds_scheduled_lr_and_resume_continues_exactly \
 	tests/test_interrupts.py::test_handler_saving_after_fit_raised_writes_scheduled_lr \
 	tests/test_interrupts.py::test_sigterm_is_deferred_to_the_end_of_the_step_and_resume_continues_exactly \
-	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly
+	tests/test_interrupts.py::test_stop_or_validation_error_after_a_step_resumes_exactly \
+	tests/test_batch_ramp.py::TestFit::test_resume_mid_epoch_while_a_change_waits_to_align_equals_the_uninterrupted_run
 
 .PHONY: venv install test test-oldest lint docs demo sweep sde-sweep bench frontier ramp auto-lr gpu-check clean
 

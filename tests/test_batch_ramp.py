@@ -4,6 +4,7 @@ resume is exact, and what cannot follow is refused before anything changes."""
 
 from __future__ import annotations
 
+import csv
 import importlib
 import importlib.util
 import json
@@ -16,8 +17,9 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import GradientAccumulationScheduler
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import SCRIPTS, quiet_trainer, rank_results, script_env
 from torch.utils.data import DataLoader
 
@@ -44,10 +46,13 @@ class Ramped(BoringModel):
         self.effective: list[int] = []
         self.scheduler_steps: list[int] = []
         self.betas: list[tuple[float, float]] = []
+        self.groups: list[dict[str, Any]] = []  # group 0's lr, betas, eps and weight decay at each step
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_name == "adam":
             optimizer: torch.optim.Optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        elif self.optimizer_name == "adamw":
+            optimizer = torch.optim.AdamW(self.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
         else:
             optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
         if self.scheduler_kind is None:
@@ -56,7 +61,11 @@ class Ramped(BoringModel):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss"}}
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        frequency = 2 if self.scheduler_kind == "every-2-steps" else 1
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": frequency},
+        }
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         out = super().training_step(batch, batch_idx)
@@ -72,6 +81,8 @@ class Ramped(BoringModel):
         self.scheduler_steps.append(configs[0].scheduler.last_epoch if configs else 0)
         if "betas" in optimizer.param_groups[0]:
             self.betas.append(tuple(optimizer.param_groups[0]["betas"]))
+        group = optimizer.param_groups[0]
+        self.groups.append({k: group[k] for k in ("lr", "betas", "eps", "weight_decay") if k in group})
 
     def train_dataloader(self) -> DataLoader[Any]:
         return DataLoader(RandomDataset(32, 64), batch_size=4)
@@ -152,6 +163,47 @@ class TestFit:
             [b for k in kappas for b in (0.9**k, 0.999**k)], rel=REL
         )
 
+    def test_adamw_time_constants_and_weight_decay_are_those_of_a_fit_at_each_batch(self, tmp_path: Path) -> None:
+        """rule="sde" with AdamW (weight decay 0.05): at every step of the ramp, the LR, betas, eps and decoupled
+        weight decay in force are those a fit at that fixed batch (no ramp, the accumulation as the Trainer's) runs
+        with: with kappa = B_t / 4, lr × sqrt(kappa), betas ** kappa, eps / sqrt(kappa), weight decay × sqrt(kappa)."""
+        model = Ramped(optimizer="adamw", scheduler=None)
+        ramp_fit(tmp_path / "ramp", model, callback={"rule": "sde"})
+        assert model.accumulations == ACCUMULATIONS
+        fixed = {}
+        for accumulation in sorted(set(ACCUMULATIONS)):
+            at = Ramped(optimizer="adamw", scheduler=None)
+            options = {"callback": {"rule": "sde", "batch_ramp": None}, "accumulate_grad_batches": accumulation}
+            ramp_fit(tmp_path / str(accumulation), at, max_steps=1, **options)
+            fixed[accumulation] = at.groups[0]
+        at_fixed = [fixed[a] for a in ACCUMULATIONS]
+        # betas, eps and weight decay come from the module's own values: bit for bit; the LR is rescaled by the ratio
+        # of the factors (a scheduler may have moved it), to the last bit or so
+        assert [{k: v for k, v in g.items() if k != "lr"} for g in model.groups] == [
+            {k: v for k, v in g.items() if k != "lr"} for g in at_fixed
+        ]
+        assert [g["lr"] for g in model.groups] == pytest.approx([g["lr"] for g in at_fixed], rel=REL)
+        for accumulation, group in fixed.items():
+            k = float(accumulation)
+            assert group["lr"] == pytest.approx(0.01 * math.sqrt(k), rel=REL)
+            assert group["betas"] == pytest.approx((0.8**k, 0.99**k), rel=REL)
+            assert group["eps"] == pytest.approx(1e-6 / math.sqrt(k), rel=REL)
+            assert group["weight_decay"] == pytest.approx(0.05 * math.sqrt(k), rel=REL)
+
+    def test_the_logged_effective_batch_is_the_batch_of_every_step(self, tmp_path: Path) -> None:
+        """With a CSVLogger and ``log_every_n_steps=1``, every step has ``lrbs/effective_batch_size`` rows, and each
+        is the batch that step trains with (a change is logged at the step it first applies to)."""
+        model = Ramped(scheduler=None)
+        logger = CSVLogger(tmp_path, name="log")
+        ramp_fit(tmp_path, model, logger=logger, log_every_n_steps=1)
+        logged: dict[int, set[float]] = {}
+        with open(Path(logger.log_dir) / "metrics.csv", newline="") as file:
+            for row in csv.DictReader(file):
+                if row.get("lrbs/effective_batch_size"):
+                    logged.setdefault(int(row["step"]), set()).add(float(row["lrbs/effective_batch_size"]))
+        assert model.effective == [4 * a for a in ACCUMULATIONS]
+        assert logged == {step: {float(batch)} for step, batch in enumerate(model.effective)}
+
     def test_max_steps_counts_steps_at_the_target_batch(self, tmp_path: Path) -> None:
         model = Ramped(scheduler=None)
         trainer, _ = ramp_fit(tmp_path, model, max_epochs=-1, max_steps=5)  # 5 × 16 = 80 samples
@@ -180,6 +232,33 @@ class TestFit:
         assert first.accumulations + resumed.accumulations == whole.accumulations
         assert first.scheduler_steps + resumed.scheduler_steps == whole.scheduler_steps
 
+    @pytest.mark.parametrize(
+        ("step", "optimizer", "rule"),
+        [(15, "sgd", "linear"), (12, "sgd", "linear"), (15, "adam", "sde")],
+        ids=["pending-mid-epoch", "pending-at-the-epochs-last-batch", "pending-mid-epoch-sde-adam"],
+    )
+    def test_resume_mid_epoch_while_a_change_waits_to_align_equals_the_uninterrupted_run(
+        self, tmp_path: Path, step: int, optimizer: str, rule: str
+    ) -> None:
+        """Step 15 is batch 9 of epoch 1: 100 samples ask for accumulation 4, but 9 is not a multiple of 4, so 3 stays
+        until batch 12. Step 12 is epoch 0's last batch: 64 samples ask for 3, which waits for epoch 1. A checkpoint
+        saved there resumes with the accumulation in force and changes where the uninterrupted run does."""
+        scheduler = "exponential" if optimizer == "sgd" else None
+        options = {"callback": {"rule": rule}}
+        whole = Ramped(optimizer, scheduler)
+        ramp_fit(tmp_path / "whole", whole, **options)
+        saver = ModelCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=step, save_top_k=-1)
+        first = Ramped(optimizer, scheduler)
+        ramp_fit(tmp_path / "first", first, callbacks=[saver], enable_checkpointing=True, **options)
+        resumed = Ramped(optimizer, scheduler)
+        ramp_fit(tmp_path / "resumed", resumed, ckpt=str(tmp_path / "mid.ckpt"), **options)
+        assert resumed.accumulations == whole.accumulations[step:]
+        assert resumed.effective == whole.effective[step:]
+        assert resumed.lrs == pytest.approx(whole.lrs[step:], rel=REL)
+        assert resumed.scheduler_steps == whole.scheduler_steps[step:]
+        flat = [[b for betas in run for b in betas] for run in (resumed.betas, whole.betas[step:])]
+        assert flat[0] == pytest.approx(flat[1], rel=REL)
+
 
 class TestRefusals:
     @pytest.mark.parametrize(
@@ -202,6 +281,59 @@ class TestRefusals:
         before = [p.detach().clone() for p in model.parameters()]
         with pytest.raises(ValueError, match=match):
             ramp_fit(tmp_path, model, **kwargs)
+        assert model.lrs == []
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert model.trainer.accumulate_grad_batches == 4
+
+    def test_a_per_step_scheduler_stepped_every_other_step_is_refused_before_anything_changes(
+        self, tmp_path: Path
+    ) -> None:
+        model = Ramped(scheduler="every-2-steps")
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"`batch_ramp` .* `frequency=1`, got frequency=2 for ExponentialLR"):
+            ramp_fit(tmp_path, model)
+        assert model.lrs == []
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert model.trainer.accumulate_grad_batches == 4
+        assert model.trainer.lr_scheduler_configs[0].frequency == 2  # Lightning's stepping not taken over
+
+    def test_an_overridden_lr_scheduler_step_is_refused_before_anything_changes(self, tmp_path: Path) -> None:
+        class OwnStepping(Ramped):
+            def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+                scheduler.step()
+
+        model = OwnStepping()
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"`batch_ramp` steps the per-step schedulers .* OwnStepping overrides "):
+            ramp_fit(tmp_path, model)
+        assert model.lrs == []
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert model.trainer.accumulate_grad_batches == 4
+        assert model.trainer.lr_scheduler_configs[0].frequency == 1
+
+    def test_a_batch_size_finder_is_refused_before_it_searches(self, tmp_path: Path) -> None:
+        from lightning.pytorch.callbacks import BatchSizeFinder
+
+        class Sized(Ramped):
+            def __init__(self) -> None:
+                super().__init__(scheduler=None)
+                self.batch_size = 4
+                self.training_steps = 0
+
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                self.training_steps += 1
+                return super().training_step(batch, batch_idx)
+
+            def train_dataloader(self) -> DataLoader[Any]:
+                return DataLoader(RandomDataset(32, 64), batch_size=self.batch_size)
+
+        model = Sized()
+        before = [p.detach().clone() for p in model.parameters()]
+        finder = BatchSizeFinder(max_trials=2, steps_per_trial=1)
+        with pytest.raises(ValueError, match=r"`batch_ramp` sets the accumulation .* a BatchSizeFinder in the same"):
+            ramp_fit(tmp_path, model, callbacks=[finder])
+        assert model.training_steps == 0  # the finder did not search (it trains a few steps at each size it tries)
+        assert model.batch_size == 4
         assert model.lrs == []
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
         assert model.trainer.accumulate_grad_batches == 4

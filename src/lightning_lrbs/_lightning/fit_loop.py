@@ -41,6 +41,17 @@ def batches_this_epoch(trainer: Any) -> int:
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
 
+def batches_done_on_resume(trainer: Any) -> int:
+    """The batches of the current epoch a resumed fit counts as done when training (re)starts: those of the restored
+    epoch when its checkpoint was saved mid-epoch (Lightning counts a batch whose ``on_train_batch_end`` the checkpoint
+    saw as done, and replays one it saw before that), else 0 (a new epoch starts)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if not epoch_loop.restarting:
+        return 0
+    done = int(epoch_loop.batch_progress.current.processed)
+    return 0 if done >= trainer.num_training_batches else done  # saved after the epoch's last batch: the next one
+
+
 def restore_limits(trainer: Any, held: tuple[Any, Any, list[int]]) -> None:
     """Undo :func:`lift_limits`."""
     trainer.fit_loop.max_epochs, trainer.fit_loop.epoch_loop.max_steps, frequencies = held

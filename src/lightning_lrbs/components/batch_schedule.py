@@ -64,6 +64,9 @@ class BatchSchedule(Component):
         self._held: tuple[Any, Any, list[int]] | None = None
         self._schedule: ScaleInvariantSchedule | None = None
         self._state: dict[str, Any] | None = None
+        self._accumulation: int | None = None  # the accumulation in force (checkpointed: a change may be waiting)
+        if fit is not None:  # Lightning runs a BatchSizeFinder's search in its `on_fit_start`, before ours
+            self._refuse(fit, fit.pl.callbacks.BatchSizeFinder)
 
     @property
     def target(self) -> int | None:
@@ -87,12 +90,7 @@ class BatchSchedule(Component):
                 f"{_WHO} grows the batch through Lightning's gradient accumulation, and {name} sets "
                 "`automatic_optimization = False`: accumulate by hand, or train without a batch ramp"
             )
-        for cls in ("GradientAccumulationScheduler", "BatchSizeFinder"):
-            if any(isinstance(c, getattr(pl.callbacks, cls)) for c in trainer.callbacks):
-                raise ValueError(
-                    f"{_WHO} sets the accumulation (and reads the per-device batch) itself, and a {cls} in the same "
-                    f"Trainer changes it: use one of the two"
-                )
+        self._refuse(fit, pl.callbacks.GradientAccumulationScheduler)
         if getattr(trainer.strategy, "handles_gradient_accumulation", False):
             raise ValueError(
                 f"{_WHO} grows the batch through Lightning's gradient accumulation, and "
@@ -120,6 +118,15 @@ class BatchSchedule(Component):
         self._planned = float(trainer.max_steps) if trainer.max_steps != -1 else None
         self._held = fit_loop.lift_limits(trainer, epochs=False, intervals=("step",))
 
+    @staticmethod
+    def _refuse(fit: Fit, cls: type) -> None:
+        """Refuse a callback of class ``cls`` in the Trainer: it changes what the ramp sets."""
+        if any(isinstance(c, cls) for c in fit.trainer.callbacks):
+            raise ValueError(
+                f"{_WHO} sets the accumulation (and reads the per-device batch) itself, and a {cls.__name__} in the "
+                "same Trainer changes it: use one of the two"
+            )
+
     def on_train_start(self, fit: Fit) -> None:
         if not self.batch.known:
             raise ValueError(
@@ -132,10 +139,12 @@ class BatchSchedule(Component):
         self.ramp.check(target, self._round)  # before anything changes
         schedulers = [c.scheduler for c in fit.trainer.lr_scheduler_configs if c.interval == "step"]
         self._schedule = ScaleInvariantSchedule(schedulers, [1.0] * len(schedulers), total=self._planned or math.inf)
+        batches = 0
         if self._state is not None:  # resumed: the samples so far and the schedulers' steps taken
             self.consumed = float(self._state["consumed"])
             self._schedule.stepped = [int(n) for n in self._state["stepped"]]
-        self._follow(fit, batches=0)
+            batches = self._resume_accumulation(fit, self._state)
+        self._follow(fit, batches=batches)
         if self._planned is not None and self._schedule.done(self.progress):
             fit_loop.stop_after_this_step(fit.trainer)
 
@@ -157,6 +166,19 @@ class BatchSchedule(Component):
             fit_loop.stop_after_this_step(trainer)
         self._follow(fit, batches=batches)
 
+    def _resume_accumulation(self, fit: Fit, state: dict[str, Any]) -> int:
+        """Put back the accumulation in force when the checkpoint was saved (a change the ramp asked for may still
+        wait for its window to align) and the samples of the step being accumulated; return the batches of the epoch
+        done, where the next change may take over. A checkpoint without them (an older release) or saved with another
+        micro-batch round takes the ramp's accumulation now, at once, as before."""
+        accumulation = state.get("accumulation")
+        if accumulation is None or state.get("round") != self._round:
+            return 0
+        trainer = fit.trainer  # it holds its own accumulation, the target, until the ramp sets one
+        trainer.accumulate_grad_batches = min(int(accumulation), int(trainer.accumulate_grad_batches))
+        self._window = int(state.get("window", 0))
+        return fit_loop.batches_done_on_resume(fit.trainer)
+
     def _follow(self, fit: Fit, batches: int) -> None:
         """Set the accumulation the ramp asks for after ``batches`` batches of this epoch, if the window aligns."""
         target = self.target
@@ -166,6 +188,7 @@ class BatchSchedule(Component):
         if wanted != fit.trainer.accumulate_grad_batches and aligned(batches, wanted):
             fit.trainer.accumulate_grad_batches = wanted
             self.batch.request()  # a change of scale before the next batch
+        self._accumulation = int(fit.trainer.accumulate_grad_batches)
 
     def describe(self, scale: Scale) -> str:
         target = self.target
@@ -187,7 +210,15 @@ class BatchSchedule(Component):
     def state_dict(self) -> dict[str, Any]:
         if self._schedule is None:
             return {"batch_schedule": self._state}
-        return {"batch_schedule": {"consumed": self.consumed, "stepped": list(self._schedule.stepped)}}
+        return {
+            "batch_schedule": {
+                "consumed": self.consumed,
+                "stepped": list(self._schedule.stepped),
+                "accumulation": self._accumulation,
+                "window": self._window,
+                "round": self._round,
+            }
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._state = state.get("batch_schedule")
