@@ -150,6 +150,7 @@ ramp: install
 	{ $(RAMP) --setting cnn --seed 1 --groups core && \
 	  $(RAMP) --setting cnn --seed 1 --resume --groups noise --noise-rules sqrt --noise-signals simple \
 		--noise-k 8; } > docs/ramp/cnn_seed1.log 2>&1
+	$(RAMP) --setting cnn_adam --seed 1 --base-lr 0.004 --groups core > docs/ramp/cnn_adam_seed1.log 2>&1
 	$(RAMP) --setting mlp --resume --groups noise --noise-rules linear sqrt --noise-signals simple_lb \
 		--noise-k 1 2 4 8 16 > docs/ramp/mlp_noise_lb.log 2>&1
 	for s in mlp mlp_momentum cnn cnn_adam; do \

@@ -18,6 +18,7 @@ NAMES = {
     "cnn_adam": "MNIST CNN, Adam (base LR tuned here)",
     "mlp_seed1": "MLP 784-128-10, SGD, seed 1 (repeat; base LR 0.2)",
     "cnn_seed1": "MNIST CNN, SGD, seed 1 (repeat; base LR 0.141)",
+    "cnn_adam_seed1": "MNIST CNN, Adam, seed 1 (repeat; base LR 0.004)",
 }
 GOAL_STEPS, GOAL_SAMPLES = 0.4, 1.1  # at least 60 % fewer steps than the base, at most 1.1x its samples
 ORDER = {"base": 0, "fixed": 1, "ramp": 2, "noise": 3, "probe": 4, "search": 5}
@@ -220,7 +221,7 @@ def summary(settings: dict[str, list[dict[str, Any]]]) -> list[str]:
         cells = []
         for name in names:
             rows = settings[name]
-            package_rule = "sde" if name == "cnn_adam" else "linear"
+            package_rule = "sde" if name.startswith("cnn_adam") else "linear"
             if pattern is None:
                 rule = package_rule if i == 2 else "sqrt"
                 found = [r for r in primary(rows) if r["rule"] == rule]
