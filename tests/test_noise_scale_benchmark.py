@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("LRBS_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
+@pytest.mark.slow  # like the other studies' tiny runs; the benchmarks use today's Lightning
 def test_overhead_times_every_variant_and_the_plain_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     noise_scale = importlib.import_module("noise_scale")
