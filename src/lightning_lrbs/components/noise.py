@@ -11,6 +11,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
+from lightning_lrbs import sharding
 from lightning_lrbs._lightning import precision, strategy
 from lightning_lrbs._lightning.loaders import batch_len
 from lightning_lrbs.adascale import preconditioner, preconditioner_ready
@@ -72,6 +73,7 @@ class NoiseScale(Component):
                 "gradients in flat buffers of its own): train with ModelParallelStrategy (FSDP2) or DDP, or without "
                 f"{who}; the LR scaling itself stays on under {unverified}"
             )
+        sharding.fsdp_twins(fit.module.modules())  # FSDP2 is sharded by now: another torch's internals fail here
 
     def on_train_start(self, fit: Fit) -> None:
         optimizers = fit.trainer.optimizers
