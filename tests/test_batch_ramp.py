@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from lightning.pytorch.loggers import CSVLogger
 from lrbs_testing import SCRIPTS, quiet_trainer, rank_results, script_env
@@ -258,6 +258,30 @@ class TestFit:
         assert resumed.scheduler_steps == whole.scheduler_steps[step:]
         flat = [[b for betas in run for b in betas] for run in (resumed.betas, whole.betas[step:])]
         assert flat[0] == pytest.approx(flat[1], rel=REL)
+
+    def test_resume_from_a_checkpoint_saved_inside_an_accumulation_window(self, tmp_path: Path) -> None:
+        """Saved one batch after step 15 (a window of 3 has one batch in it): the step in progress keeps its
+        accumulation and samples, and every later step equals the uninterrupted run's."""
+
+        class SaveInsideWindow(Callback):
+            def __init__(self) -> None:
+                self.seen = 0
+
+            def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+                if trainer.global_step == 15:
+                    self.seen += 1
+                    if self.seen == 2:
+                        trainer.save_checkpoint(tmp_path / "inside.ckpt")
+
+        whole = Ramped(scheduler="exponential")
+        ramp_fit(tmp_path / "whole", whole)
+        ramp_fit(tmp_path / "first", Ramped(scheduler="exponential"), callbacks=[SaveInsideWindow()])
+        resumed = Ramped(scheduler="exponential")
+        ramp_fit(tmp_path / "resumed", resumed, ckpt=str(tmp_path / "inside.ckpt"))
+        assert resumed.accumulations == whole.accumulations[15:]
+        assert resumed.effective == whole.effective[15:]
+        assert resumed.lrs == pytest.approx(whole.lrs[15:], rel=REL)
+        assert resumed.scheduler_steps == whole.scheduler_steps[15:]
 
 
 class TestRefusals:

@@ -28,6 +28,7 @@ class TestFormula:
         ("ratio", "cap", "exponent", "expected"),
         [
             (1.0, 2.83, 1.0, 1.0),  # the base batch keeps the base LR
+            (4.0, 1.0, 1.0, 1.0),  # C = 1, the least ceiling: never scaled
             (4.0, 3.0, 1.0, 2.0),  # 1 / (1/3 + (2/3)/4) = 1 / 0.5
             (16.0, 2.0, 1.0, 32.0 / 17.0),  # 1 / (1/2 + (1/2)/16) = 1 / (17/32)
             (4.0, 2.0, 2.0, 1.0 / math.sqrt(0.25 + 0.75 / 4)),  # (1/4 + (3/4)/4) ** -1/2
@@ -57,8 +58,8 @@ class TestFormula:
         ("kwargs", "match"),
         [
             ({"ratio": 0.0, "cap": 2.0}, "`ratio` must be a finite number > 0, got 0.0"),
-            ({"ratio": 2.0, "cap": 0.5}, "`cap` must be a finite number > 1, got 0.5"),
-            ({"ratio": 2.0, "cap": math.inf}, "`cap` must be a finite number > 1, got inf"),
+            ({"ratio": 2.0, "cap": 0.5}, "`cap` must be a finite number >= 1, got 0.5"),
+            ({"ratio": 2.0, "cap": math.inf}, "`cap` must be a finite number >= 1, got inf"),
             ({"ratio": 2.0, "cap": 2.0, "exponent": -1.0}, "`exponent` must be a finite number > 0, got -1.0"),
         ],
     )

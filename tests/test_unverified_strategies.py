@@ -14,24 +14,25 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from lrbs_testing import LRModel
+from lrbs_testing import LR, LRModel
 
 from lightning_lrbs import BatchScalingCallback
 
 
-def fit_start(**kwargs: Any) -> tuple[BatchScalingCallback, list[float], torch.optim.Optimizer]:
+def fit_start(
+    devices: int = 2, **kwargs: Any
+) -> tuple[pl.Trainer, LRModel, BatchScalingCallback, torch.optim.Optimizer]:
     callback = BatchScalingCallback(base_batch_size=4, **kwargs)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[callback])
-    trainer._accelerator_connector.strategy = FSDPStrategy(parallel_devices=[torch.device("cpu")] * 2)
+    trainer._accelerator_connector.strategy = FSDPStrategy(parallel_devices=[torch.device("cpu")] * devices)
     model = LRModel()
     trainer.strategy.connect(model)
     model.trainer = trainer
     optimizer = model.configure_optimizers()
     trainer.strategy.optimizers = [optimizer]
-    before = [group["lr"] for group in optimizer.param_groups]
     callback.setup(trainer, model, "fit")
     callback.on_fit_start(trainer, model)
-    return callback, before, optimizer
+    return trainer, model, callback, optimizer
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,8 @@ def test_reading_gradients_is_refused_at_fit_start(kwargs: dict[str, Any], who: 
 
 
 def test_the_lr_scaling_stays_on() -> None:
-    callback, before, optimizer = fit_start(rule="linear")
-    assert [group["lr"] for group in optimizer.param_groups] == before  # fit start changes nothing; train start scales
-    assert callback.summary == ""
+    """One process (no process group here to exchange batch sizes): 8 per device over a base of 4 doubles every LR."""
+    trainer, model, callback, optimizer = fit_start(devices=1, batch_size=8)
+    callback.on_train_start(trainer, model)
+    assert [group["lr"] for group in optimizer.param_groups] == [2 * LR, LR]
+    assert callback.summary.startswith("effective batch 8 = 8 per device; base 4; rule linear → LR ×2")

@@ -43,10 +43,12 @@ __all__ = ["DEFAULT_CAPS", "CappedRule", "capped_factor", "capped_rule", "optimi
 DEFAULT_CAPS: dict[str, tuple[float, float]] = {"sgd": (2.83, 1.0), "momentum": (11.3, 1.0), "adaptive": (8.0, 2.0)}
 
 
-def _positive(value: object, name: str, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= minimum:
-        raise ValueError(f"`{name}` must be a finite number > {minimum:g}, got {value!r}")
-    return float(value)
+def _number(value: object, name: str, low: float = 0.0, inclusive: bool = False) -> float:
+    """``value`` as a float if it is a finite number above ``low`` (or equal to it when ``inclusive``)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not (value >= low if inclusive else value > low):  # type: ignore[operator]
+        raise ValueError(f"`{name}` must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def capped_factor(ratio: float, cap: float, exponent: float = 1.0) -> float:
@@ -67,9 +69,9 @@ def capped_factor(ratio: float, cap: float, exponent: float = 1.0) -> float:
         >>> round(capped_factor(4.0, cap=2.0, exponent=2.0), 12)  # (1/4 + (3/4) / 4) ** -0.5
         1.511857892037
     """
-    r = _positive(ratio, "ratio")
-    c = _positive(cap, "cap", minimum=1.0 - 1e-12)
-    p = _positive(exponent, "exponent")
+    r = _number(ratio, "ratio")
+    c = _number(cap, "cap", low=1.0, inclusive=True)
+    p = _number(exponent, "exponent")
     inverse = c**-p
     return float((inverse + (1.0 - inverse) / r) ** (-1.0 / p))
 

@@ -42,6 +42,7 @@ from lightning_lrbs.sde import sde_lr_rule
 
 __all__ = [
     "ADAPTIVE_OPTIMIZERS",
+    "PER_OPTIMIZER_RULES",
     "RULES",
     "Rule",
     "RuleName",
@@ -57,6 +58,8 @@ RuleName = Literal["linear", "sqrt", "auto", "none", "sde", "adascale", "capped"
 Rule = RuleName | Callable[[float], float]
 #: The names of the built-in rules.
 RULES: tuple[str, ...] = get_args(RuleName)
+#: The rules that resolve per optimizer (:func:`resolve_rule` needs the optimizer).
+PER_OPTIMIZER_RULES: tuple[str, ...] = ("auto", "sde", "capped")
 
 #: Optimizers that normalise the update by a running estimate of the gradient's scale.
 ADAPTIVE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = tuple(
@@ -129,20 +132,17 @@ def resolve_rule(rule: Rule, optimizer: torch.optim.Optimizer | None = None) -> 
         ('sqrt', CappedRule(cap=8.0, exponent=2.0))
     """
     validate_rule(rule)
+    if not isinstance(rule, str) or rule not in PER_OPTIMIZER_RULES:
+        return rule
+    if optimizer is None:
+        chooses = "its ceiling (lightning_lrbs.capped)" if rule == "capped" else "between 'linear' and 'sqrt'"
+        raise ValueError(f"`rule={rule!r}` needs the optimizer to choose {chooses}")
     if rule == "capped":
-        if optimizer is None:
-            raise ValueError("`rule='capped'` needs the optimizer to choose its ceiling (lightning_lrbs.capped)")
         from lightning_lrbs.capped import capped_rule  # capped imports is_adaptive from here
 
         return capped_rule(optimizer)
     if rule == "sde":
-        if optimizer is None:
-            raise ValueError("`rule='sde'` needs the optimizer to choose between 'linear' and 'sqrt'")
         return sde_lr_rule(optimizer)
-    if rule != "auto":
-        return rule
-    if optimizer is None:
-        raise ValueError("`rule='auto'` needs the optimizer to choose between 'linear' and 'sqrt'")
     return "sqrt" if is_adaptive(optimizer) else "linear"
 
 

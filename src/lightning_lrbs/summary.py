@@ -12,7 +12,7 @@ from typing import Any
 from torch.optim import Optimizer
 
 from lightning_lrbs.rescale import scalable_groups
-from lightning_lrbs.rules import Rule, is_adaptive, resolve_rule, rule_name
+from lightning_lrbs.rules import PER_OPTIMIZER_RULES, Rule, is_adaptive, resolve_rule, rule_name
 from lightning_lrbs.sde import unknown_sde_optimizers
 
 __all__ = [
@@ -94,7 +94,7 @@ def describe_scaling(
     if accumulation > 1:
         parts.append(f"{accumulation} accumulation")
     text = f"effective batch {effective} = {' × '.join(parts)}; base {base}; rule {rule_name(rule)}"
-    per_optimizer = rule in ("auto", "sde", "capped")
+    per_optimizer = rule in PER_OPTIMIZER_RULES
     entries = []
     labels = list(names) if names is not None else [type(o).__name__ for o in optimizers]
     for index, (optimizer, factor, label) in enumerate(zip(optimizers, factors, labels)):

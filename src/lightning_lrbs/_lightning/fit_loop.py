@@ -48,7 +48,11 @@ def batches_done_on_resume(trainer: Any) -> int:
     epoch_loop = trainer.fit_loop.epoch_loop
     if not epoch_loop.restarting:
         return 0
-    done = int(epoch_loop.batch_progress.current.processed)
+    current = epoch_loop.batch_progress.current
+    # Lightning's own rule: from 2.5 on, a batch whose `on_train_batch_end` the checkpoint saw counts as done; before,
+    # (and for a checkpoint saved elsewhere in a batch) the fit goes on from the completed ones, replaying the rest
+    saw_batch_end = bool(getattr(epoch_loop, "restarted_on_train_batch_end", False))
+    done = int(current.processed if saw_batch_end else current.completed)
     return 0 if done >= trainer.num_training_batches else done  # saved after the epoch's last batch: the next one
 
 

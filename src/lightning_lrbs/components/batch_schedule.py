@@ -176,8 +176,10 @@ class BatchSchedule(Component):
             return 0
         trainer = fit.trainer  # it holds its own accumulation, the target, until the ramp sets one
         trainer.accumulate_grad_batches = min(int(accumulation), int(trainer.accumulate_grad_batches))
-        self._window = int(state.get("window", 0))
-        return fit_loop.batches_done_on_resume(fit.trainer)
+        done = fit_loop.batches_done_on_resume(trainer)
+        # the batches of the step being accumulated: changes happen only where a window starts
+        self._window = done % trainer.accumulate_grad_batches * self._round
+        return done
 
     def _follow(self, fit: Fit, batches: int) -> None:
         """Set the accumulation the ramp asks for after ``batches`` batches of this epoch, if the window aligns."""
@@ -215,7 +217,6 @@ class BatchSchedule(Component):
                 "consumed": self.consumed,
                 "stepped": list(self._schedule.stepped),
                 "accumulation": self._accumulation,
-                "window": self._window,
                 "round": self._round,
             }
         }
