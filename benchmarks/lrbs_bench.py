@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import platform
 import shlex
 import shutil
@@ -149,7 +150,7 @@ def other_processes() -> str:
             continue
         # absolute paths shortened to their last part: the docs never show this machine's folders
         words = [" ".join(a.decode(errors="replace").split()) for a in argv if a]
-        cmd = " ".join(Path(w).name if w.startswith("/") else w for w in words)
+        cmd = " ".join(re.sub(r"(?<![\w.])/(?:[^/\s]+/)+", "", w) for w in words)  # /a/b/c -> c, also in --x=/a/b
         if pid in mine or "python" not in cmd or "benchmarks/" in cmd:
             continue
         found.append(cmd if len(cmd) <= 100 else cmd[:97] + "...")

@@ -51,6 +51,7 @@ exclude_patterns = [
     "benchmarks/large_batch.md",
     "noise_scale_curve.md",
     "noise_scale_overhead.md",
+    "noise_scale_instructions.md",
 ]
 ORPHANS = (
     "scaling/table",
