@@ -217,37 +217,32 @@ def _cosine_model() -> LRModel:
     return LRModel(scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=0.01))
 
 
+def _capped() -> BatchScalingCallback:
+    return BatchScalingCallback(base_batch_size=2, rule="capped")
+
+
+def _interrupted(tmp_path: Path, stop: int, **resume: Any) -> tuple[LRModel, LRModel, LRModel, BatchScalingCallback]:
+    """An uninterrupted fit, the same fit stopped after step ``stop`` with a checkpoint, and its resume (Trainer
+    arguments ``resume``): the three models and the resumed callback."""
+    full, first, second, resumed = _cosine_model(), _cosine_model(), _cosine_model(), _capped()
+    quiet_trainer(tmp_path, max_epochs=3, callbacks=[_capped()]).fit(full)
+    ckpt = tmp_path / "mid.ckpt"
+    quiet_trainer(tmp_path, max_epochs=3, callbacks=[_capped(), _StopAt(stop, ckpt)]).fit(first)
+    quiet_trainer(tmp_path, max_epochs=3, callbacks=[resumed], **resume).fit(second, ckpt_path=ckpt)
+    return full, first, second, resumed
+
+
 class TestResume:
     """``rule="capped"`` on resume: never applied twice, and on another batch rescaled by f(S_new) / f(S_old)."""
 
     def test_interrupted_and_resumed_equals_uninterrupted(self, tmp_path: Path) -> None:
-        full = _cosine_model()
-        quiet_trainer(tmp_path, max_epochs=3, callbacks=[BatchScalingCallback(base_batch_size=2, rule="capped")]).fit(
-            full
-        )
-        ckpt = tmp_path / "mid.ckpt"
-        first = _cosine_model()
-        callbacks = [BatchScalingCallback(base_batch_size=2, rule="capped"), _StopAt(6, ckpt)]
-        quiet_trainer(tmp_path, max_epochs=3, callbacks=callbacks).fit(first)
-        second, resumed = _cosine_model(), BatchScalingCallback(base_batch_size=2, rule="capped")
-        quiet_trainer(tmp_path, max_epochs=3, callbacks=[resumed]).fit(second, ckpt_path=ckpt)
+        full, first, second, resumed = _interrupted(tmp_path, 6)
         assert len(first.lrs) == 6
         assert flat(first.lrs + second.lrs) == pytest.approx(flat(full.lrs), rel=1e-9)
         assert resumed.summary.endswith("(resumed, already scaled)")
 
     def test_resume_at_twice_the_batch_rescales_by_the_ratio_of_the_factors(self, tmp_path: Path) -> None:
-        full = _cosine_model()
-        quiet_trainer(tmp_path, max_epochs=3, callbacks=[BatchScalingCallback(base_batch_size=2, rule="capped")]).fit(
-            full
-        )
-        ckpt = tmp_path / "mid.ckpt"
-        first = _cosine_model()
-        callbacks = [BatchScalingCallback(base_batch_size=2, rule="capped"), _StopAt(4, ckpt)]
-        quiet_trainer(tmp_path, max_epochs=3, callbacks=callbacks).fit(first)
-        second, resumed = _cosine_model(), BatchScalingCallback(base_batch_size=2, rule="capped")
-        quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2, callbacks=[resumed]).fit(
-            second, ckpt_path=ckpt
-        )
+        full, _, second, resumed = _interrupted(tmp_path, 4, accumulate_grad_batches=2)
         before, after = capped_factor(4.0, 11.3), capped_factor(8.0, 11.3)  # S = 8 / 2, then 16 / 2
         assert resumed.scale_factor == pytest.approx(after, rel=1e-12)
         expected = [[after / before * lr for lr in step] for step in full.lrs[4 : 4 + len(second.lrs)]]
