@@ -310,24 +310,42 @@ class TestOneDevice:
 
 
 # ---------------------------------------------------------------------------------------------- the estimator alone
+def three_measured_steps(
+    data: TensorDataset, dtype: torch.dtype = torch.float32, transform: Any = None
+) -> tuple[float | None, float | None, float | None]:
+    """``(|G|^2, tr Sigma, B_noise)`` of a :class:`GradientNoiseScale` on the frozen ``Linear(8, 1)`` (in ``dtype``)
+    after 3 steps of 2 micro-batches of 4."""
+    layer = Frozen(data).layer.to(dtype)
+    gns = GradientNoiseScale(layer.parameters(), smoothing=0.5, transform=transform)
+    for step in range(3):
+        for j in range(2):
+            x, y = data[(2 * step + j) * 4 : (2 * step + j + 1) * 4]
+            gns.micro_batch(4, loss_scale=0.5)
+            (F.mse_loss(layer(x.to(dtype)), y.to(dtype)) / 2).backward()
+        gns.step()
+        layer.zero_grad()
+    return gns.grad_sq_norm, gns.grad_var, gns.noise_scale
+
+
 class TestEstimator:
     def test_transform_applies_to_hooks_and_grad(self) -> None:
         """A linear transform ``2 g``: |G|^2 and tr Sigma grow 4x, the noise scale stays."""
         data = dataset()
-        results = []
-        for transform in (None, lambda p, g: 2 * g):
-            model = Frozen(data)
-            gns = GradientNoiseScale(model.parameters(), smoothing=0.5, transform=transform)
-            for step in range(3):
-                for j in range(2):
-                    x, y = data[(2 * step + j) * 4 : (2 * step + j + 1) * 4]
-                    gns.micro_batch(4, loss_scale=0.5)
-                    (F.mse_loss(model.layer(x), y) / 2).backward()
-                gns.step()
-                model.zero_grad()
-            results.append((gns.grad_sq_norm, gns.grad_var, gns.noise_scale))
-        (sq, var, ns), (sq2, var2, ns2) = results
+        sq, var, ns = three_measured_steps(data)
+        sq2, var2, ns2 = three_measured_steps(data, transform=lambda p, g: 2 * g)
+        assert sq is not None
+        assert var is not None
         assert (sq2, var2, ns2) == pytest.approx((4 * sq, 4 * var, ns), rel=1e-6)
+
+    @pytest.mark.parametrize(("dtype", "rel"), [(torch.float64, 1e-5), (torch.bfloat16, 5e-2)])
+    def test_other_dtypes_measure_what_float32_measures(self, dtype: torch.dtype, rel: float) -> None:
+        """Float32 gradients take the one-kernel hook, others the general one (norms in float32): the same
+        estimates from the same data, to the other dtype's precision."""
+        data = dataset()
+        expected = three_measured_steps(data)
+        assert expected[0] is not None
+        assert expected[0] > 0
+        assert three_measured_steps(data, dtype) == pytest.approx(expected, rel=rel)
 
     def test_state_dict_round_trip_and_unmeasured_steps(self) -> None:
         model = Frozen(dataset())

@@ -118,6 +118,12 @@ def grad_var_estimate(small_sq: float, big_sq: float, small_batch: float, big_ba
     return (small_sq - big_sq) / (1.0 / small_batch - 1.0 / big_batch)
 
 
+def _sum_of_squares(norms: Sequence[Tensor]) -> Tensor:
+    r""":math:`\sum_i n_i^2` of 0-dim tensors in two kernels (``stack``, ``dot``)."""
+    stacked = torch.stack(list(norms))
+    return torch.dot(stacked, stacked)
+
+
 def harmonic_mean(sizes: Sequence[float]) -> float:
     r"""The harmonic mean :math:`k / \sum_j 1/b_j` of micro-batch sizes.
 
@@ -267,9 +273,9 @@ class GradientNoiseScale:
     computes it: the local gradient, before DDP averages it over ranks and before it is added into ``.grad``. The
     hooks are registered by the first :meth:`micro_batch` of a step and removed by :meth:`step` (or kept for the next
     step with ``keep_hooks=True`` when every step is measured), so steps that are not measured cost nothing. A hook
-    only appends its parameter's squared norm; :meth:`step` sums them and reads every total in one host sync. Under
-    FSDP2 the hooks sit on the unsharded parameters, and ``DTensor`` gradients count each piece once over the ranks
-    (:mod:`lightning_lrbs.sharding`).
+    only appends its parameter's norm (one kernel, no host sync); :meth:`step` sums their squares and reads every
+    total in one host sync. Under FSDP2 the hooks sit on the unsharded parameters, and ``DTensor`` gradients count
+    each piece once over the ranks (:mod:`lightning_lrbs.sharding`).
     :meth:`step` takes :math:`L = |\bar g|^2` from ``.grad`` (the mean over micro-batches and ranks), all-reduces the
     per-rank sums when ``torch.distributed`` is initialized, computes the two-batch estimates
     (:func:`grad_sq_norm_estimate`, :func:`grad_var_estimate`) and folds them into bias-corrected moving averages.
@@ -328,7 +334,7 @@ class GradientNoiseScale:
         self._ends: list[int] = []  # where each one's squared norms end in `_parts`
         self._open: int | None = None  # size of the micro-batch whose backward is expected next
         self._loss_scale: float | None = None
-        self._parts: list[Tensor] = []  # squared norms the hooks computed in the current step (loss-scaled)
+        self._parts: list[Tensor] = []  # norms the hooks computed in the current step (loss-scaled)
         self._handles: list[Any] = []  # hooks exist only during measured steps: other steps cost nothing
 
     # ------------------------------------------------------------------ results
@@ -392,7 +398,7 @@ class GradientNoiseScale:
             if self._targets is None:  # the tensors whose hooks see the micro-batch gradients (FSDP2: the twins)
                 self._targets = hook_targets(self.params, [m for module in self.modules for m in module.modules()])
             pairs = zip(self.params, self._targets)
-            self._handles = [t.register_hook(self._make_hook(p)) for p, t in pairs]  # type: ignore[no-untyped-call]
+            self._handles = [t.register_hook(self._make_hook(p, t)) for p, t in pairs]  # type: ignore[no-untyped-call]
         prepare = getattr(self.transform, "prepare", None)
         if prepare is not None:  # e.g. gather a sharded preconditioner for the full gradients the hooks see
             prepare()
@@ -484,20 +490,31 @@ class GradientNoiseScale:
         self.measurements = int(state.get("measurements", 0))
 
     # ------------------------------------------------------------------ internals
-    def _make_hook(self, param: Tensor) -> Callable[[Tensor], None]:
+    def _make_hook(self, param: Tensor, target: Tensor) -> Callable[[Tensor], None]:
+        """The hook on ``target`` (``param`` or its FSDP2 twin): it appends a norm whose square is this rank's share of
+        the micro-batch gradient's :math:`|g|^2` (autograd calls it once per tensor and backward, so it does one
+        tensor operation in the common case)."""
         transform, share = self.transform, 1.0 / self.group_size
+        norm = torch.linalg.vector_norm
+
+        if transform is None and share == 1.0 and target.dtype == torch.float32 and not is_dtensor(target):
+
+            def plain_hook(grad: Tensor) -> None:  # one process or DDP, float32: one kernel
+                if self._loss_scale is not None:
+                    self._parts.append(norm(grad))
+
+            return plain_hook
+        root_share = math.sqrt(share)
 
         def hook(grad: Tensor) -> None:
             if self._loss_scale is None:
                 return
             g = grad if transform is None else transform(param, grad)
             if is_dtensor(g):
-                self._parts.append(local_sq_norm(g))  # a DTensor's share (sharded or tensor-parallel)
+                self._parts.append(local_sq_norm(g).sqrt())  # a DTensor's share (sharded or tensor-parallel)
                 return
-            flat = g.detach().reshape(-1)
-            flat = flat if flat.dtype == torch.float32 else flat.float()
-            sq = torch.dot(flat, flat)  # a plain tensor's whole, counted once over the ranks that compute it
-            self._parts.append(sq if share == 1.0 else sq * share)
+            n = norm(g if g.dtype == torch.float32 else g.float())
+            self._parts.append(n if share == 1.0 else n * root_share)  # counted once over the ranks that compute it
 
         return hook
 
@@ -520,19 +537,22 @@ class GradientNoiseScale:
         self._open = None
 
     def _local_sum(self) -> Tensor | float:
-        r""":math:`\sum_j |g_j|^2` of this rank's micro-batches, the loss scales divided out (one sum when they are
-        equal, as within a step they are)."""
+        r""":math:`\sum_j |g_j|^2` of this rank's micro-batches from the hooks' norms, the loss scales divided out
+        (one sum when they are equal, as within a step they are)."""
         parts, scales = self._parts, self._scales
         if not parts:
             return 0.0
         if all(scale == scales[0] for scale in scales):
-            return torch.stack(parts).sum() / scales[0] ** 2
+            return _sum_of_squares(parts) / scales[0] ** 2
         starts = [0, *self._ends[:-1]]
-        return sum(torch.stack(parts[a:b]).sum() / s**2 for a, b, s in zip(starts, self._ends, scales))
+        return sum(_sum_of_squares(parts[a:b]) / s**2 for a, b, s in zip(starts, self._ends, scales))
 
     def _grad_sq_sums(self) -> tuple[Tensor | float, Tensor | float]:
         """:math:`|\bar g|^2` from ``.grad``: the plain tensors' part (the same on every rank) and this rank's share of
         the ``DTensor``\\ s' part (:func:`~lightning_lrbs.sharding.local_sq_norm`, to be summed over ranks)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.transform is None and all(g.dtype == torch.float32 and not is_dtensor(g) for g in grads):
+            return (_sum_of_squares(torch._foreach_norm(grads)) if grads else 0.0), 0.0  # one kernel per tensor
         plain: list[Tensor] = []
         sharded: list[Tensor] = []
         for p in self.params:
