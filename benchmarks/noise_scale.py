@@ -4,11 +4,15 @@
 example's), on real MNIST. Four variants of ``BatchScalingCallback`` are fitted interleaved, in a shuffled order in
 each round: ``noise_scale=False``, ``noise_every_n_steps=1``, the default interval and ``rule="adascale"`` (every
 step measured, and the gain applied). A step's time is the wall time between the starts of consecutive optimizer
-steps (4 batches each: data, forward, backward, optimizer step, hooks, logging every 50 steps), averaged over ``--steps`` steps after ``--warmup``; each ratio is taken to the same round's
-``noise_scale=False`` fit. Whole-step ratios on a shared machine cannot resolve 1 %, so the estimator's own work is
-also timed alone (``timeit``, see ``estimator_cost_ms``) against the median step time; in one fit measuring every
-2nd step, each measured step against the next unmeasured one; and in plain PyTorch, the fastest of 200 interleaved
-unmeasured, measured and AdaScale CNN steps (``raw_step_ms``). Unmeasured steps have no hooks.
+steps (4 batches each: data, forward, backward, optimizer step, hooks, logging every 50 steps), averaged over
+``--steps`` steps after ``--warmup``; each ratio is taken to the same round's ``noise_scale=False`` fit. Whole-step
+ratios on a shared machine cannot resolve 1 %, so the estimator's own work is also timed alone (``timeit``, see
+``estimator_cost_ms``) against the median step time; in one fit measuring every 2nd step, each measured step against
+the next unmeasured one; and in plain PyTorch, 600 rounds of one unmeasured, one measured and one AdaScale CNN step
+each, paired within the round (``raw_step_ms``). Unmeasured steps have no hooks. ``--heap kept`` (the default) first
+keeps glibc's malloc from returning memory to the system (``lrbs_bench.keep_heap``): with its defaults the same step
+swings between few and thousands of page faults with the order of allocations, which a variant's few extra tensors
+change; ``--heap default`` measures with the allocator as it comes.
 
 ``curve``: ``lrbs/noise_scale`` and ``train_loss`` as logged by a CSVLogger (``log_every_n_steps=10``) over training
 runs at the default interval and smoothing: the CNN at the example's settings (LR 0.01 at base batch 8, linear rule,
@@ -17,6 +21,7 @@ runs at the default interval and smoothing: the CNN at the example's settings (L
 Run (from the repository root)::
 
     python benchmarks/noise_scale.py overhead
+    python benchmarks/noise_scale.py overhead --heap default --out-dir docs/noise_scale_heap_default
     python benchmarks/noise_scale.py curve
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -42,6 +48,7 @@ from lrbs_bench import (
     MNISTConvNet,
     MNISTDataModule,
     default_data_dir,
+    keep_heap,
     machine_lines,
     quartiles,
     quiet,
@@ -156,12 +163,14 @@ def paired_fit(steps: int, data_dir: Path, seed: int, measure: bool = True) -> l
     return [durations[t] - durations[t + 1] for t in range(10, min(len(durations) - 1, steps + 10), 2)]
 
 
-def raw_step_ms(rounds: int = 200) -> dict[str, float]:
-    """The fastest optimizer step of the CNN in plain PyTorch, in ms, for each of ``plain`` (no measurement),
-    ``measured`` (the noise estimator's hooks and ``step``) and ``adascale`` (the same, plus :class:`AdaScaleLR`
-    setting and restoring the LR in the optimizer's step hooks): 4 micro-batches of 16, SGD, the three kinds of step
-    in turn, ``rounds`` times. LR 0, so every step computes the same numbers. Contention only adds time, so the
-    fastest of many interleaved steps is the least disturbed estimate of each."""
+def raw_step_ms(rounds: int = 600) -> dict[str, list[float]]:
+    """Optimizer steps of the CNN in plain PyTorch, in ms, for each of ``plain`` (no measurement), ``measured`` (the
+    noise estimator's hooks, registered and removed as at any interval but 1, and ``step``) and ``adascale`` (the
+    same, plus :class:`AdaScaleLR` setting and restoring the LR in the optimizer's step hooks): 4 micro-batches of 16,
+    SGD, one step of each kind per round, the order rotated from round to round (the first step after another kind
+    is not always the same kind), ``rounds`` times. LR 0, so every step computes the same numbers. Each kind's list
+    is in round order, so ``measured[i] - plain[i]`` pairs steps taken within a few tens of ms of each other;
+    ``<kind>_faults`` are the page faults (minor) of each step."""
     from lightning_lrbs.adascale import AdaScaleLR
     from lightning_lrbs.noise import GradientNoiseScale
 
@@ -175,6 +184,7 @@ def raw_step_ms(rounds: int = 200) -> dict[str, float]:
     def step(kind: str) -> float:
         measure = kind != "plain"
         optimizer = adascale_sgd if kind == "adascale" else plain_sgd
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         for _ in range(ACCUMULATION):
             if measure:
@@ -184,16 +194,24 @@ def raw_step_ms(rounds: int = 200) -> dict[str, float]:
             gns.step()
         optimizer.step()
         optimizer.zero_grad()
-        return (time.perf_counter() - start) * 1e3
+        elapsed = (time.perf_counter() - start) * 1e3
+        times[f"{kind}_faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+        return elapsed
 
-    times: dict[str, list[float]] = {"plain": [], "measured": [], "adascale": []}
-    for _ in range(rounds):
-        for kind, kept in times.items():
-            kept.append(step(kind))
-    return {kind: min(kept) for kind, kept in times.items()}
+    kinds = ["plain", "measured", "adascale"]
+    times: dict[str, list[float]] = {name: [] for kind in kinds for name in (kind, f"{kind}_faults")}
+    for round_ in range(rounds):
+        for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
+            times[kind].append(step(kind))
+    return times
 
 
 def overhead(args: argparse.Namespace) -> None:
+    heap = (
+        keep_heap()
+        if args.heap == "kept"
+        else "heap: glibc's malloc at its defaults (it trims and moves its mmap threshold)"
+    )
     rows: list[dict[str, Any]] = []
     rng = random.Random(args.seed)  # noqa: S311 - a shuffled order, not a secret
     probes: list[float] = []
@@ -223,6 +241,13 @@ def overhead(args: argparse.Namespace) -> None:
     raw = raw_step_ms(args.raw_rounds)
     wall = time.perf_counter() - start
     write_csv(args.out_dir / "noise_scale_overhead.csv", rows)
+    write_csv(
+        args.out_dir / "noise_scale_overhead_raw.csv",
+        [
+            {"round": i, **{k if k.endswith("_faults") else f"{k}_ms": round(v[i], 4) for k, v in raw.items()}}
+            for i in range(args.raw_rounds)
+        ],
+    )
     write_csv(
         args.out_dir / "noise_scale_overhead_control.csv",
         [{"pair": i, "even_minus_odd_ms": round(d, 4)} for i, d in enumerate(control)],
@@ -254,19 +279,39 @@ def overhead(args: argparse.Namespace) -> None:
         f"default interval {DEFAULT_EVERY}: {100 * med / DEFAULT_EVERY / base_ms:.3f} %; control fit without "
         f"measuring, even − odd steps: {quartiles(control)[1]:.3f} ms median (quartiles {quartiles(control)[0]:.3f}, "
         f"{quartiles(control)[2]:.3f})",
-        f"plain PyTorch, the same CNN step, plain / measured / measured with the AdaScale gain in turn (fastest of "
-        f"{args.raw_rounds} each): {raw['plain']:.2f} ms; measured {raw['measured']:.2f} ms (+{raw['measured'] - raw['plain']:.3f} "
-        f"ms, {100 * (raw['measured'] - raw['plain']) / raw['plain']:.2f} % of the bare step without Lightning); "
-        f"adascale {raw['adascale']:.2f} ms (+{raw['adascale'] - raw['plain']:.3f} ms, "
-        f"{100 * (raw['adascale'] - raw['plain']) / raw['plain']:.2f} %)",
+        raw_line(raw),
         f"estimator work alone (median over {len(probes)} probes, min {min(probes):.3f}, max {max(probes):.3f}): "
         f"{armed:.3f} ms per measured step = {100 * armed / base_ms:.2f} % of a {base_ms:.1f} ms step; at the default "
         f"interval {DEFAULT_EVERY}: {100 * armed / DEFAULT_EVERY / base_ms:.3f} % of a step (unmeasured steps have no "
         "hooks)",
+        heap,
         *machine_lines(torch.get_num_threads()),
     ]
     (args.out_dir / "noise_scale_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def raw_line(raw: dict[str, list[float]]) -> str:
+    """The plain-PyTorch steps: each kind's extra over the plain step of the same round (median and quartiles of the
+    paired differences, and as % of the median plain step), and the fastest of each kind."""
+    plain = statistics.median(raw["plain"])
+    parts = []
+    for kind in ("measured", "adascale"):
+        q1, med, q3 = quartiles([a - b for a, b in zip(raw[kind], raw["plain"])])
+        parts.append(
+            f"{kind} {med:+.3f} ms = {100 * med / plain:+.2f} % (quartiles {q1:+.3f}, {q3:+.3f}; fastest "
+            f"{min(raw[kind]):.2f} against {min(raw['plain']):.2f} ms)"
+        )
+    faults = ", ".join(
+        f"{kind} {statistics.median(raw[f'{kind}_faults']):.0f}" for kind in ("plain", "measured", "adascale")
+    )
+    return (
+        f"plain PyTorch, the same CNN step, plain / measured / measured with the AdaScale gain, one of each per "
+        f"round in a rotating order, {len(raw['plain'])} rounds; the extra over the same round's plain step, median "
+        f"of the pairs, against the median plain step of {plain:.2f} ms (the bare step without Lightning): "
+        + "; ".join(parts)
+        + f"; page faults per step, median: {faults}"
+    )
 
 
 class MLP(pl.LightningModule):
@@ -391,7 +436,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=10, help="optimizer steps before timing")
     parser.add_argument("--paired-steps", type=int, default=300, help="optimizer steps of the paired fit")
     parser.add_argument("--mlp-epochs", type=int, default=4)
-    parser.add_argument("--raw-rounds", type=int, default=200, help="rounds of the plain-PyTorch steps")
+    parser.add_argument("--raw-rounds", type=int, default=600, help="rounds of the plain-PyTorch steps")
+    parser.add_argument(
+        "--heap",
+        choices=["kept", "default"],
+        default="kept",
+        help="kept (default): keep glibc's malloc from returning memory to the system (lrbs_bench.keep_heap), so "
+        "that page faults do not swing the step times; default: the allocator as it comes",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=OUT, help="where the pages and CSVs go (default docs/)")
     args = parser.parse_args(argv)

@@ -52,6 +52,7 @@ exclude_patterns = [
     "noise_scale_curve.md",
     "noise_scale_overhead.md",
     "noise_scale_instructions.md",
+    "noise_scale_heap_default/noise_scale_overhead.md",
 ]
 ORPHANS = (
     "scaling/table",

@@ -347,6 +347,31 @@ class TestEstimator:
         assert expected[0] > 0
         assert three_measured_steps(data, dtype) == pytest.approx(expected, rel=rel)
 
+    def test_many_micro_batches_match_their_gradients_by_hand(self) -> None:
+        """10 micro-batches in one step (more than the norms' first buffer holds): the step's mean |g_j|^2 and
+        |g_bar|^2 equal the ones computed from each micro-batch's own gradient, and a step with a dropped
+        micro-batch (no backward) counts the others only."""
+        data = dataset(n=40)
+        layer = Frozen(data).layer
+        gns = GradientNoiseScale(layer.parameters())
+        grads = []
+        for j in range(10):  # each micro-batch's own gradient, before any hook exists
+            x, y = data[4 * j : 4 * j + 4]
+            own = torch.autograd.grad(F.mse_loss(layer(x), y), list(layer.parameters()))
+            grads.append(torch.cat([g.reshape(-1) for g in own]))
+        for j in range(10):
+            x, y = data[4 * j : 4 * j + 4]
+            gns.micro_batch(4, loss_scale=0.1)
+            (F.mse_loss(layer(x), y) / 10).backward()
+        gns.micro_batch(4, loss_scale=0.1)  # armed, but its backward never runs: dropped
+        estimate = gns.step()
+        assert estimate is not None
+        assert estimate.micro_batches == 10
+        expected_mean_sq = float(sum(g.dot(g) for g in grads) / 10)
+        mean = torch.stack(grads).mean(0)
+        assert estimate.mean_sq == pytest.approx(expected_mean_sq, rel=1e-5)
+        assert estimate.sq_of_mean == pytest.approx(float(mean.dot(mean)), rel=1e-5)
+
     def test_state_dict_round_trip_and_unmeasured_steps(self) -> None:
         model = Frozen(dataset())
         gns = GradientNoiseScale(model.parameters())

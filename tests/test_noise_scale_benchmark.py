@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,17 @@ def test_overhead_times_every_variant_and_the_plain_steps(monkeypatch: pytest.Mo
     assert all(float(r["step_ms"]) > 0 for r in rows)
     page = (tmp_path / "noise_scale_overhead.md").read_text()
     assert "| rule=adascale |" in page
-    assert "measured with the AdaScale gain in turn (fastest of 2 each)" in page
-    assert "adascale " in page.split("plain PyTorch", 1)[1]
+    assert "\nheap: " in page  # what was done to the allocator (--heap kept: glibc's malloc pinned, if it is glibc)
+    raw_line = page.split("plain PyTorch", 1)[1]
+    assert "in a rotating order, 2 rounds" in raw_line
+    assert re.search(r"measured [+-]\d+\.\d{3} ms = [+-]\d+\.\d\d %", raw_line)
+    assert re.search(r"adascale [+-]\d+\.\d{3} ms = [+-]\d+\.\d\d %", raw_line)
+    with (tmp_path / "noise_scale_overhead_raw.csv").open() as f:
+        raw = list(csv.DictReader(f))
+    assert [r["round"] for r in raw] == ["0", "1"]
+    assert all(float(r[f"{kind}_ms"]) > 0 for r in raw for kind in ("plain", "measured", "adascale"))
+    assert all(int(r[f"{kind}_faults"]) >= 0 for r in raw for kind in ("plain", "measured", "adascale"))
+    assert "page faults per step, median: plain " in raw_line
 
 
 @pytest.mark.parametrize("variant", ["plain", "noise every step", "adascale"])
