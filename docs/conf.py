@@ -53,6 +53,7 @@ exclude_patterns = [
     "noise_scale_overhead.md",
     "noise_scale_instructions.md",
     "noise_scale_heap_default/noise_scale_overhead.md",
+    "noise_scale_hook_probes.md",
 ]
 ORPHANS = (
     "scaling/table",

@@ -55,3 +55,16 @@ def test_step_instructions_worker_fits_each_variant(variant: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_hook_probes_time_every_kind_and_every_parameter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """benchmarks/hook_probes.py (docs/noise_scale.md's account of the wall time), run small."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    probes = importlib.import_module("hook_probes")
+    out = tmp_path / "probes.md"
+    probes.main(["--rounds", "2", "--out", str(out)])
+    page = out.read_text()
+    for kind in probes.KINDS[1:]:
+        assert re.search(rf"^\| {kind} \| [+-]\d+\.\d{{3}} \|", page, re.MULTILINE), kind
+    assert page.count(" (µs) |") == 3
+    assert len(re.findall(r"^\| \([\d, ]+\) \(\d\.\) \|", page, re.MULTILINE)) == 4  # the CNN's 4 parameter tensors
