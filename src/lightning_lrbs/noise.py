@@ -271,11 +271,11 @@ class GradientNoiseScale:
 
     Per-parameter hooks (``Tensor.register_hook``) add up :math:`|g_j|^2` of every micro-batch gradient as backward
     computes it: the local gradient, before DDP averages it over ranks and before it is added into ``.grad``. The
-    hooks are registered by the first :meth:`micro_batch` of a step and removed by :meth:`step` (or kept for the next
-    step with ``keep_hooks=True`` when every step is measured), so steps that are not measured cost nothing. A hook
-    only appends its parameter's norm (one kernel, no host sync); :meth:`step` sums their squares and reads every
-    total in one host sync. Under FSDP2 the hooks sit on the unsharded parameters, and ``DTensor`` gradients count
-    each piece once over the ranks (:mod:`lightning_lrbs.sharding`).
+    hooks are registered by the first :meth:`micro_batch` of a step and removed by :meth:`step` (or kept for the
+    next step with ``keep_hooks=True`` when every step is measured), so steps that are not measured cost nothing. A
+    hook only writes its parameter's norm into a buffer allocated once (one kernel, no host sync); :meth:`step` sums
+    their squares and reads every total in one host sync. Under FSDP2 the hooks sit on the unsharded parameters, and
+    ``DTensor`` gradients count each piece once over the ranks (:mod:`lightning_lrbs.sharding`).
     :meth:`step` takes :math:`L = |\bar g|^2` from ``.grad`` (the mean over micro-batches and ranks), all-reduces the
     per-rank sums when ``torch.distributed`` is initialized, computes the two-batch estimates
     (:func:`grad_sq_norm_estimate`, :func:`grad_var_estimate`) and folds them into bias-corrected moving averages.
@@ -499,9 +499,9 @@ class GradientNoiseScale:
 
     # ------------------------------------------------------------------ internals
     def _make_hook(self, param: Tensor, target: Tensor) -> Callable[[Tensor], None]:
-        """The hook on ``target`` (``param`` or its FSDP2 twin): it appends a norm whose square is this rank's share of
-        the micro-batch gradient's :math:`|g|^2` (autograd calls it once per tensor and backward, so it does one
-        tensor operation in the common case)."""
+        """The hook on ``target`` (``param`` or its FSDP2 twin): it writes a norm whose square is this rank's share of
+        the micro-batch gradient's :math:`|g|^2` into the next slot of the buffer (autograd calls it once per tensor and
+        backward, so it does one tensor operation in the common case)."""
         transform, share = self.transform, 1.0 / self.group_size
         norm = torch.linalg.vector_norm
         plain = target.dtype == torch.float32 and target.device == self._norms.device and not is_dtensor(target)
