@@ -144,10 +144,11 @@ def keep_heap() -> str:
 
     By default glibc trims the top of its heap when more than a threshold is free and serves large blocks by ``mmap``
     with a threshold it moves: whether a training step's large buffers (activations, gradients) come back as the same
-    pages or as fresh ones that fault in depends on the order of every allocation before them. Measured here on the
-    MNIST CNN step: 0 to 5,000 page faults per step for the same code, 15 ms against 23-28 ms per step. A variant
-    that allocates a few small tensors more (the noise estimator's norms) moves the heap into another such state, and
-    that, not its own work, then dominates the difference. Call this first, before the timed work.
+    pages or as fresh ones that fault in depends on the order of every allocation before them. In exploratory probes
+    (not kept as a script) the same MNIST CNN step ran with a few hundred or with thousands of page faults per step,
+    15 ms against 22-28 ms. A variant that allocates a few small tensors more (the noise estimator's norms) can move
+    the heap into another such state, and that, not its own work, then dominates the difference. Call this first,
+    before the timed work.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
