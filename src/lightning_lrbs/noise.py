@@ -513,17 +513,15 @@ class GradientNoiseScale:
                     norm(grad, out=self._next_slot())
 
             return plain_hook
-        root_share = math.sqrt(share)
 
         def hook(grad: Tensor) -> None:
             if self._loss_scale is None:
                 return
             g = grad if transform is None else transform(param, grad)
-            if is_dtensor(g):
-                self._next_slot().copy_(local_sq_norm(g).sqrt())  # a DTensor's share (sharded or tensor-parallel)
-                return
-            n = norm(g if g.dtype == torch.float32 else g.float())
-            self._next_slot().copy_(n if share == 1.0 else n * root_share)  # once over the ranks that compute it
+            sq = local_sq_norm(g)  # a DTensor's share (sharded or tensor-parallel), or a plain tensor's whole
+            if share != 1.0 and not is_dtensor(g):
+                sq = sq * share  # a plain tensor counts once over the ranks that compute it
+            self._next_slot().copy_(sq.sqrt())
 
         return hook
 
